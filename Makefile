@@ -1,0 +1,50 @@
+# webhook-operator developer commands. `make dev` and `make test` are the two that matter.
+PYTHON ?= python3
+PYTEST_ARGS ?=
+export PYTHONPATH := $(CURDIR)/operator:$(PYTHONPATH)
+
+.PHONY: help install binaries cluster cluster-down dev test lint unit integration e2e bench sync-chart-crds
+
+help:
+	@echo "make dev           local control plane + CRDs + operator (--dev) + demo receiver + examples"
+	@echo "make test          lint, unit, integration (local control plane), e2e (kind; skipped without Docker)"
+	@echo "make cluster       start the local control plane in the background (.cluster/kubeconfig)"
+	@echo "make cluster-down  stop it and remove its state"
+	@echo "make bench         benchmarks (not part of make test)"
+
+install:
+	$(PYTHON) -m pip install -q -e ".[test,dev]"
+
+binaries:
+	$(PYTHON) -m webhook_operator.cli binaries
+
+cluster:
+	$(PYTHON) -m webhook_operator.cli cluster up
+
+cluster-down:
+	$(PYTHON) -m webhook_operator.cli cluster down
+
+dev:
+	$(PYTHON) -m webhook_operator.cli dev
+
+lint:
+	$(PYTHON) -m ruff check operator tests
+	$(PYTHON) -m mypy
+
+unit:
+	$(PYTHON) -m pytest tests/unit -q -ra $(PYTEST_ARGS)
+
+integration:
+	$(PYTHON) -m pytest tests/integration -q -ra $(PYTEST_ARGS)
+
+e2e:
+	$(PYTHON) -m pytest tests/e2e -q -ra --cluster=kind $(PYTEST_ARGS)
+
+test: lint
+	$(PYTHON) -m pytest tests -q -ra $(PYTEST_ARGS)
+
+bench:
+	$(PYTHON) -m tests.bench.run
+
+sync-chart-crds:
+	sh scripts/sync-chart-crds.sh

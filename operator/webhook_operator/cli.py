@@ -1,0 +1,77 @@
+"""`webhook-operator`: run the operator, and the developer tools (local cluster, binaries, dev loop)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from webhook_operator import __version__
+from webhook_operator.settings import Settings, add_run_arguments, settings_from_args
+
+
+def run(settings: Settings) -> int:
+    import kopf
+
+    from webhook_operator import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.configure(
+        debug=settings.log_level == "DEBUG",
+        verbose=settings.log_level == "DEBUG",
+        quiet=settings.log_level in ("WARNING", "ERROR"),
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger().setLevel(settings.log_level)
+    if settings.log_level != "DEBUG":
+        # One line per API call or per handled watch event drowns what matters.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not settings.namespaces,
+            namespaces=list(settings.namespaces),
+            liveness_endpoint=f"http://{settings.bind_address}:{settings.health_port}/healthz",
+            standalone=True,
+            memo=kopf.Memo(settings=settings),
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="webhook-operator", description="Webhooks as Kubernetes resources.")
+    parser.add_argument("--version", action="version", version=f"webhook-operator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run_parser = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster config")
+    add_run_arguments(run_parser)
+    cluster = sub.add_parser(
+        "cluster", help="start/stop the local control plane (etcd, kube-apiserver, kube-controller-manager)"
+    )
+    cluster.add_argument("action", choices=["up", "down", "status"])
+    cluster.add_argument("--state-dir", default=".cluster")
+    binaries = sub.add_parser("binaries", help="find or build the control-plane binaries and print their paths")
+    binaries.add_argument("names", nargs="*")
+    dev = sub.add_parser("dev", help="local control plane + CRDs + operator (--dev) + demo receiver + examples")
+    dev.add_argument("--receiver-port", type=int, default=9443)
+    args = parser.parse_args(argv)
+
+    if args.command == "run":
+        return run(settings_from_args(args))
+    if args.command == "cluster":
+        from webhook_operator.devcluster import controlplane
+
+        return controlplane.main([args.action, "--state-dir", args.state_dir])
+    if args.command == "binaries":
+        from webhook_operator.devcluster import binaries as bins
+
+        return bins.main(args.names)
+    if args.command == "dev":
+        from webhook_operator.devcluster import devloop
+
+        return devloop.main(receiver_port=args.receiver_port)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Delivering WebhookEvents: the attempt queue and the HTTP transport that dials only checked addresses."""

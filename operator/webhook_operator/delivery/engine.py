@@ -1,0 +1,390 @@
+"""Fan-out of WebhookEvents into deliveries: attempts, retries, status writes, redelivery and TTL.
+
+The WebhookEvent's status is the durable record: after a restart, the watch lists every event
+again and each one resumes from its ``status.deliveries``. Attempts of one event that run together
+form a round, and a round ends in one status write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from webhook_operator.delivery.attempt import AttemptResult, send
+from webhook_operator.index import WebhookIndex, WebhookState
+from webhook_operator.kube import ApiError, KubeClient, resource_path
+from webhook_operator.matching import sample_event_for
+from webhook_operator.metrics import Metrics
+from webhook_operator.model import (
+    FINAL_OUTCOMES,
+    FINAL_PHASES,
+    REDELIVER_ANNOTATION,
+    format_time,
+    format_time_ms,
+    now,
+    parse_time,
+)
+from webhook_operator.retry import next_backoff, should_retry, status_class
+from webhook_operator.settings import Settings
+from webhook_operator.signing import build_body, format_created_at, message_id
+from webhook_operator.status import delivered_summary, event_phase
+
+log = logging.getLogger(__name__)
+WRITE_RETRY_S = (0.5, 1, 2, 5, 10, 30)
+SAMPLE_DATA = {"id": "sample_0001", "sample": True}
+
+DeliveryCallback = Callable[[WebhookState, bool, int | None], None]
+
+
+def event_path(namespace: str, name: str, subresource: str | None = None) -> str:
+    return resource_path("webhookevents", namespace, name, subresource=subresource)
+
+
+@dataclass
+class EventJob:
+    namespace: str
+    name: str
+    uid: str
+    event: str
+    created_at: str
+    data: Any
+    deliveries: list[dict[str, Any]]
+    redelivery: dict[str, Any] | None = None
+    running: int = 0
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    gone: bool = False
+    next_redelivery: str | None = None
+    written: dict[str, Any] | None = None  # the last status written, to skip identical writes
+    completion_time: str | None = None
+
+
+class DeliveryEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        kube: KubeClient,
+        index: WebhookIndex,
+        metrics: Metrics,
+        client: httpx.AsyncClient,
+        on_delivery_final: DeliveryCallback,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.index = index
+        self.metrics = metrics
+        self.client = client
+        self.on_delivery_final = on_delivery_final
+        self._global = asyncio.Semaphore(settings.max_concurrency)
+        self._jobs: dict[str, EventJob] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._expiry: list[tuple[float, str, str, str]] = []  # (deadline, uid, namespace, name)
+        self._expiry_changed = asyncio.Event()
+        self.status_writes = 0
+
+    # -- watch entry point --------------------------------------------------------------
+    async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid", "")
+        if type_ == "DELETED":
+            job = self._jobs.get(uid)
+            if job:
+                job.gone = True
+            return
+        status = body.get("status") or {}
+        redeliver = (meta.get("annotations") or {}).get(REDELIVER_ANNOTATION)
+        handled = (status.get("redelivery") or {}).get("requestedAt")
+        job = self._jobs.get(uid)
+        if job is not None:
+            if redeliver and redeliver != handled:
+                job.next_redelivery = redeliver
+            return
+        if status.get("phase") in FINAL_PHASES:
+            if redeliver and redeliver != handled:
+                self._start(self._job_from(body, redeliver=redeliver))
+            else:
+                self._expire_later(body)
+            return
+        self._start(self._job_from(body))
+
+    def _job_from(self, body: dict[str, Any], *, redeliver: str | None = None) -> EventJob:
+        meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+        created = parse_time(meta.get("creationTimestamp")) or now()
+        deliveries = [dict(d) for d in status.get("deliveries") or ()]
+        redelivery = status.get("redelivery")
+        if redeliver:
+            for entry in deliveries:
+                if entry.get("outcome") == "Failed":
+                    entry.update(outcome="Pending", attempts=0)
+                    for key in (
+                        "statusCode",
+                        "error",
+                        "responseBody",
+                        "nextAttemptTime",
+                        "durationMs",
+                        "firstAttemptTime",
+                        "lastAttemptTime",
+                    ):
+                        entry.pop(key, None)
+            redelivery = {"requestedAt": redeliver, "startedAt": format_time(now())}
+        return EventJob(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            event=str(spec.get("event", "")),
+            created_at=format_created_at(created),
+            data=spec.get("data"),
+            deliveries=deliveries,
+            redelivery=redelivery,
+        )
+
+    def _start(self, job: EventJob) -> None:
+        self._jobs[job.uid] = job
+        task = asyncio.ensure_future(self._run(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- one event ----------------------------------------------------------------------
+    async def _run(self, job: EventJob) -> None:
+        try:
+            fresh = not job.deliveries and job.redelivery is None
+            if fresh:
+                targets = self.index.subscribers(job.namespace, job.event)
+                job.deliveries = [
+                    {"webhook": t.name, "id": message_id(job.uid, t.uid), "outcome": "Pending", "attempts": 0}
+                    for t in targets
+                ]
+            open_entries = [d for d in job.deliveries if d.get("outcome") not in FINAL_OUTCOMES]
+            if open_entries:
+                await asyncio.gather(*(self._deliver(job, entry) for entry in open_entries))
+            if not job.gone:
+                await self._write(job, final=True)
+        except Exception:
+            log.exception("delivering event %s/%s failed unexpectedly", job.namespace, job.name)
+        finally:
+            self._jobs.pop(job.uid, None)
+            if job.next_redelivery and not job.gone:
+                fresh_body = await self._read(job)
+                if fresh_body is not None:
+                    await self.on_event("MODIFIED", fresh_body)
+
+    async def _read(self, job: EventJob) -> dict[str, Any] | None:
+        try:
+            return await self.kube.get(event_path(job.namespace, job.name))
+        except (ApiError, OSError):
+            return None
+
+    async def _deliver(self, job: EventJob, entry: dict[str, Any]) -> None:
+        name = entry["webhook"]
+        pending = self.metrics.pending.labels(job.namespace, name)
+        pending.inc()
+        waiting = True
+        try:
+            while not job.gone:
+                state = self.index.get(job.namespace, name)
+                if state is None or not state.deliverable:
+                    reason = (
+                        "webhook deleted"
+                        if state is None
+                        else ("webhook disabled" if not state.spec.enabled else "webhook not Ready")
+                    )
+                    entry.update(outcome="Failed", error=f"not delivered: {reason}")
+                    entry.pop("nextAttemptTime", None)
+                    job.running += 1
+                    await self._round_done(job)
+                    return
+                due = parse_time(entry.get("nextAttemptTime"))
+                if due is not None:
+                    delay = (due - now()).total_seconds()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                        continue  # the webhook may have changed while we waited
+                job.running += 1
+                pending.dec()
+                waiting = False
+                result = await self._attempt(job, entry, state)
+                final = self._apply(entry, result, state)
+                if final:
+                    succeeded = entry["outcome"] == "Succeeded"
+                    self.metrics.delivery_final(job.namespace, name, job.event, succeeded)
+                    self.on_delivery_final(state, succeeded, result.status_code)
+                await self._round_done(job)
+                if final:
+                    return
+                pending.inc()
+                waiting = True
+        finally:
+            if waiting:
+                pending.dec()
+
+    async def _attempt(self, job: EventJob, entry: dict[str, Any], state: WebhookState) -> AttemptResult:
+        body = build_body(
+            hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.uid, data=job.data
+        )
+        assert state.limiter is not None
+        async with self._global, state.limiter:
+            in_flight = self.metrics.in_flight.labels(job.namespace, state.name)
+            in_flight.inc()
+            try:
+                result = await send(self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds)
+            finally:
+                in_flight.dec()
+        self.metrics.attempt(
+            job.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
+        )
+        return result
+
+    @staticmethod
+    def _apply(entry: dict[str, Any], result: AttemptResult, state: WebhookState) -> bool:
+        """Fold one attempt into its delivery entry; True when the delivery is final."""
+        stamp = format_time(now())
+        attempts = int(entry.get("attempts") or 0) + 1
+        entry["attempts"] = attempts
+        entry.setdefault("firstAttemptTime", stamp)
+        entry["lastAttemptTime"] = stamp
+        entry["durationMs"] = round(result.duration_s * 1000)
+        entry["error"] = result.error
+        entry["responseBody"] = result.response_body
+        if result.status_code is not None:
+            entry["statusCode"] = result.status_code
+        else:
+            entry.pop("statusCode", None)
+        entry.pop("nextAttemptTime", None)
+        if result.succeeded:
+            entry["outcome"] = "Succeeded"
+            return True
+        policy = state.spec.retry
+        if should_retry(attempts, policy, status=result.status_code, failure=result.failure):
+            delay = next_backoff(attempts, policy, retry_after=result.retry_after)
+            entry["outcome"] = "Retrying"
+            entry["nextAttemptTime"] = format_time_precise(delay)
+            return False
+        entry["outcome"] = "Failed"
+        return True
+
+    async def _round_done(self, job: EventJob) -> None:
+        job.running -= 1
+        if job.running == 0 and not job.gone:
+            await self._write(job, final=False)
+
+    async def _write(self, job: EventJob, *, final: bool) -> None:
+        async with job.write_lock:
+            phase = event_phase(job.deliveries)
+            if final and phase not in FINAL_PHASES:
+                return
+            status: dict[str, Any] = {
+                "phase": phase,
+                "deliveries": job.deliveries,
+                "delivered": delivered_summary(job.deliveries),
+                "completionTime": None,
+            }
+            if phase in FINAL_PHASES:
+                job.completion_time = job.completion_time or format_time(now())
+                status["completionTime"] = job.completion_time
+            if job.redelivery is not None:
+                status["redelivery"] = job.redelivery
+            if job.written == status:
+                return
+            for delay in (*WRITE_RETRY_S, None):
+                try:
+                    await self.kube.merge_patch(event_path(job.namespace, job.name, "status"), {"status": status})
+                    self.status_writes += 1
+                    job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
+                    break
+                except ApiError as exc:
+                    if exc.status == 404:
+                        job.gone = True
+                        return
+                    if delay is None:
+                        log.error("giving up writing status of %s/%s: %s", job.namespace, job.name, exc)
+                        return
+                    log.warning(
+                        "writing status of %s/%s failed, retrying in %ss: %s", job.namespace, job.name, delay, exc
+                    )
+                except OSError as exc:
+                    if delay is None:
+                        log.error("giving up writing status of %s/%s: %s", job.namespace, job.name, exc)
+                        return
+                    log.warning(
+                        "writing status of %s/%s failed, retrying in %ss: %s", job.namespace, job.name, delay, exc
+                    )
+                await asyncio.sleep(delay)
+            if phase in FINAL_PHASES and self.settings.event_ttl_s > 0:
+                self._push_expiry(now().timestamp() + self.settings.event_ttl_s, job.uid, job.namespace, job.name)
+
+    # -- test payloads ------------------------------------------------------------------
+    async def send_test(self, state: WebhookState, pattern: str) -> dict[str, Any]:
+        """One unrecorded, unretried sample delivery; counted in no health figure or metric."""
+        event = sample_event_for(pattern)
+        event_id = str(uuid.uuid4())
+        body = build_body(
+            hook_id=state.hook_id,
+            event=event,
+            created_at=format_created_at(now()),
+            event_id=event_id,
+            data=SAMPLE_DATA,
+            test=True,
+        )
+        async with self._global:
+            result = await send(
+                self.client, state, body, message_id(event_id, state.uid), timeout_s=state.spec.retry.timeout_seconds
+            )
+        outcome: dict[str, Any] = {"event": event, "durationMs": round(result.duration_s * 1000)}
+        if result.status_code is not None:
+            outcome["statusCode"] = result.status_code
+        if result.error:
+            outcome["error"] = result.error
+        return outcome
+
+    # -- retention ----------------------------------------------------------------------
+    def _expire_later(self, body: dict[str, Any]) -> None:
+        if self.settings.event_ttl_s <= 0:
+            return
+        meta, status = body["metadata"], body.get("status") or {}
+        completed = parse_time(status.get("completionTime")) or now()
+        self._push_expiry(
+            completed.timestamp() + self.settings.event_ttl_s, meta["uid"], meta["namespace"], meta["name"]
+        )
+
+    def _push_expiry(self, deadline: float, uid: str, namespace: str, name: str) -> None:
+        heapq.heappush(self._expiry, (deadline, uid, namespace, name))
+        self._expiry_changed.set()
+
+    async def expiry_loop(self) -> None:
+        """Delete completed events once their TTL has passed (uid-guarded, so a recreated name is safe)."""
+        while True:
+            self._expiry_changed.clear()
+            timeout = 3600.0
+            if self._expiry:
+                timeout = max(0.0, self._expiry[0][0] - now().timestamp())
+            if timeout > 0:
+                try:
+                    await asyncio.wait_for(self._expiry_changed.wait(), timeout=min(timeout, 3600.0))
+                except TimeoutError:
+                    pass
+                continue
+            _, uid, namespace, name = heapq.heappop(self._expiry)
+            if uid in self._jobs:
+                continue  # redelivered meanwhile; it is queued again when it completes
+            try:
+                await self.kube.delete(event_path(namespace, name), uid=uid)
+            except (ApiError, OSError) as exc:
+                log.warning("deleting expired event %s/%s failed, retrying later: %s", namespace, name, exc)
+                self._push_expiry(now().timestamp() + 30, uid, namespace, name)
+
+    # -- introspection ------------------------------------------------------------------
+    @property
+    def active_jobs(self) -> int:
+        return len(self._jobs)
+
+
+def format_time_precise(delay_s: float) -> str:
+    """When a retry is due, to the millisecond, so short backoffs survive a restart unchanged."""
+    return format_time_ms(now() + dt.timedelta(seconds=delay_s))

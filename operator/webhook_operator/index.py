@@ -1,0 +1,83 @@
+"""The in-memory index of webhooks, kept current by watches, that every event is matched against."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook_operator.health import HealthWindow
+from webhook_operator.matching import subscribes
+from webhook_operator.model import WebhookSpec
+from webhook_operator.policy import ParsedURL
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class WebhookState:
+    """What the delivery path needs of one webhook, resolved once per reconcile, never per event."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: WebhookSpec
+    body: dict[str, Any]
+    ready: bool = False
+    url: ParsedURL | None = None
+    keys: tuple[str, ...] = ()  # current signing key first, then keys still in their rotation overlap
+    headers: tuple[tuple[str, str], ...] = ()  # resolved custom headers, Secret values included
+    secret_refs: frozenset[str] = frozenset()  # Secrets in the namespace this webhook reads
+    health: HealthWindow = field(default_factory=HealthWindow)
+    health_dirty: bool = False
+    fingerprint: tuple[Any, ...] = ()
+    limiter: asyncio.Semaphore | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def hook_id(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def deliverable(self) -> bool:
+        return self.ready and self.spec.enabled and self.url is not None and bool(self.keys)
+
+
+class WebhookIndex:
+    """Webhooks by namespace and name, plus which Secrets each one reads."""
+
+    def __init__(self) -> None:
+        self._by_namespace: dict[str, dict[str, WebhookState]] = {}
+
+    def get(self, namespace: str, name: str) -> WebhookState | None:
+        return self._by_namespace.get(namespace, {}).get(name)
+
+    def put(self, state: WebhookState) -> None:
+        self._by_namespace.setdefault(state.namespace, {})[state.name] = state
+
+    def remove(self, namespace: str, name: str) -> WebhookState | None:
+        states = self._by_namespace.get(namespace, {})
+        state = states.pop(name, None)
+        if not states:
+            self._by_namespace.pop(namespace, None)
+        return state
+
+    def __iter__(self) -> Iterator[WebhookState]:
+        for states in list(self._by_namespace.values()):
+            yield from list(states.values())
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._by_namespace.values())
+
+    def subscribers(self, namespace: str, event: str) -> list[WebhookState]:
+        """The enabled, Ready webhooks of ``namespace`` subscribed to ``event``, by name."""
+        states = self._by_namespace.get(namespace, {})
+        return [s for _, s in sorted(states.items()) if s.deliverable and subscribes(s.spec.events, event)]
+
+    def readers_of_secret(self, namespace: str, secret: str) -> list[WebhookState]:
+        return [s for s in self._by_namespace.get(namespace, {}).values() if secret in s.secret_refs]

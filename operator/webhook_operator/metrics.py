@@ -1,0 +1,112 @@
+"""The Prometheus registry and the functions that update it.
+
+Labels carry namespace, webhook name, event name, outcome and status class only: never a
+URL, a header value or a key.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from webhook_operator.health import HealthSummary
+
+PREFIX = "webhook_operator_"
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+Key = tuple[str, str]
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.deliveries = Counter(
+            PREFIX + "deliveries",
+            "Deliveries by final outcome; a delivery and its retries count once.",
+            ["namespace", "webhook", "event", "outcome"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            PREFIX + "delivery_attempts",
+            "Delivery attempts by status class.",
+            ["namespace", "webhook", "code"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            PREFIX + "delivery_duration_seconds",
+            "Duration of one delivery attempt.",
+            ["namespace", "webhook"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.success_ratio = Gauge(
+            PREFIX + "webhook_success_ratio",
+            "Share of deliveries that succeeded in the last 24h (absent with none).",
+            ["namespace", "webhook"],
+            registry=r,
+        )
+        self.requests_24h = Gauge(
+            PREFIX + "webhook_requests_24h", "Deliveries in the last 24h.", ["namespace", "webhook"], registry=r
+        )
+        self.enabled = Gauge(
+            PREFIX + "webhook_enabled", "1 if the webhook is enabled.", ["namespace", "webhook"], registry=r
+        )
+        self.ready = Gauge(PREFIX + "webhook_ready", "1 if the webhook is Ready.", ["namespace", "webhook"], registry=r)
+        self.in_flight = Gauge(
+            PREFIX + "deliveries_in_flight", "Delivery attempts under way.", ["namespace", "webhook"], registry=r
+        )
+        self.pending = Gauge(
+            PREFIX + "deliveries_pending",
+            "Deliveries waiting for a first attempt or a retry.",
+            ["namespace", "webhook"],
+            registry=r,
+        )
+        # Label sets seen per webhook, so that all of a deleted webhook's series can be removed.
+        self._extra_labels: dict[Key, set[tuple[Counter, tuple[str, ...]]]] = defaultdict(set)
+
+    def attempt(self, namespace: str, webhook: str, code: str, seconds: float) -> None:
+        self.attempts.labels(namespace, webhook, code).inc()
+        self._extra_labels[(namespace, webhook)].add((self.attempts, (namespace, webhook, code)))
+        self.duration.labels(namespace, webhook).observe(seconds)
+
+    def delivery_final(self, namespace: str, webhook: str, event: str, succeeded: bool) -> None:
+        labels = (namespace, webhook, event, "success" if succeeded else "failure")
+        self.deliveries.labels(*labels).inc()
+        self._extra_labels[(namespace, webhook)].add((self.deliveries, labels))
+
+    def webhook_state(self, namespace: str, webhook: str, *, enabled: bool, ready: bool) -> None:
+        self.enabled.labels(namespace, webhook).set(1 if enabled else 0)
+        self.ready.labels(namespace, webhook).set(1 if ready else 0)
+        self.in_flight.labels(namespace, webhook)
+        self.pending.labels(namespace, webhook)
+
+    def health(self, namespace: str, webhook: str, summary: HealthSummary) -> None:
+        self.requests_24h.labels(namespace, webhook).set(summary.requests)
+        ratio = summary.ratio
+        if ratio is None:
+            self._remove(self.success_ratio, (namespace, webhook))
+        else:
+            self.success_ratio.labels(namespace, webhook).set(ratio)
+
+    def remove_webhook(self, namespace: str, webhook: str) -> None:
+        per_webhook: tuple[Counter | Gauge | Histogram, ...] = (
+            self.duration,
+            self.success_ratio,
+            self.requests_24h,
+            self.enabled,
+            self.ready,
+            self.in_flight,
+            self.pending,
+        )
+        for metric in per_webhook:
+            self._remove(metric, (namespace, webhook))
+        for counter, labels in self._extra_labels.pop((namespace, webhook), set()):
+            self._remove(counter, labels)
+
+    @staticmethod
+    def _remove(metric: Counter | Gauge | Histogram, labels: tuple[str, ...]) -> None:
+        try:
+            metric.remove(*labels)
+        except KeyError:
+            pass

@@ -1,0 +1,107 @@
+"""Typed, defaulted views of Webhook and WebhookEvent objects as the API returns them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhook_operator.retry import RetryPolicy
+
+TEST_ANNOTATION = "webhook-operator.io/test-requested-at"
+ROTATE_ANNOTATION = "webhook-operator.io/rotate-key-requested-at"
+REDELIVER_ANNOTATION = "webhook-operator.io/redeliver-requested-at"
+MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "webhook-operator")
+SIGNING_KEY = "signingKey"
+STANDARD_SECRET_KEY = "standardWebhooksSecret"
+PREVIOUS_KEY = "previousSigningKey"
+PREVIOUS_KEY_EXPIRES_ANNOTATION = "webhook-operator.io/previous-key-expires-at"
+
+FINAL_OUTCOMES = frozenset({"Succeeded", "Failed"})
+FINAL_PHASES = frozenset({"Delivered", "PartiallyFailed", "Failed", "NoSubscribers"})
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str
+    value: str | None = None
+    secret: SecretKeyRef | None = None
+
+
+@dataclass(frozen=True)
+class WebhookSpec:
+    url: str
+    events: tuple[str, ...]
+    enabled: bool = True
+    description: str = ""
+    headers: tuple[Header, ...] = ()
+    signing_key_ref: SecretKeyRef | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def _ref(raw: Any, default_key: str) -> SecretKeyRef | None:
+    if not isinstance(raw, Mapping) or not raw.get("name"):
+        return None
+    return SecretKeyRef(name=str(raw["name"]), key=str(raw.get("key") or default_key))
+
+
+def parse_retry(raw: Any) -> RetryPolicy:
+    base = RetryPolicy()
+    raw = raw if isinstance(raw, Mapping) else {}
+    return RetryPolicy(
+        max_retries=int(raw.get("maxRetries", base.max_retries)),
+        backoff_seconds=float(raw.get("backoffSeconds", base.backoff_seconds)),
+        max_backoff_seconds=float(raw.get("maxBackoffSeconds", base.max_backoff_seconds)),
+        timeout_seconds=float(raw.get("timeoutSeconds", base.timeout_seconds)),
+    )
+
+
+def parse_webhook_spec(spec: Mapping[str, Any]) -> WebhookSpec:
+    """The schema already validated and defaulted ``spec``; this only types it."""
+    headers = []
+    for item in spec.get("headers") or ():
+        secret = _ref((item.get("valueFrom") or {}).get("secretKeyRef"), "")
+        headers.append(Header(name=str(item["name"]), value=item.get("value"), secret=secret))
+    return WebhookSpec(
+        url=str(spec.get("url", "")),
+        events=tuple(str(e) for e in spec.get("events") or ()),
+        enabled=bool(spec.get("enabled", True)),
+        description=str(spec.get("description") or ""),
+        headers=tuple(headers),
+        signing_key_ref=_ref(spec.get("signingKeySecretRef"), SIGNING_KEY),
+        retry=parse_retry(spec.get("retry")),
+    )
+
+
+def signing_secret_name(webhook_name: str) -> str:
+    return f"{webhook_name}-signing-key"
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def format_time(value: dt.datetime) -> str:
+    """RFC 3339 with second precision, as Kubernetes writes times."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_time_ms(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,226 @@
+"""Signing-key Secrets (create, adopt-check, rotate, expire the previous key) and header Secrets.
+
+Key material is returned to callers and written to Secrets only: never logged, never in status.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from webhook_operator import GROUP, VERSION
+from webhook_operator.kube import ApiError, KubeClient, secret_path
+from webhook_operator.model import (
+    MANAGED_BY_LABEL,
+    PREVIOUS_KEY,
+    PREVIOUS_KEY_EXPIRES_ANNOTATION,
+    SIGNING_KEY,
+    STANDARD_SECRET_KEY,
+    WebhookSpec,
+    format_time,
+    parse_time,
+    signing_secret_name,
+)
+from webhook_operator.signing import generate_signing_key, standard_webhooks_secret
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SigningKeys:
+    secret_name: str
+    keys: tuple[str, ...] = ()
+    previous_expires_at: dt.datetime | None = None
+    problem: Problem | None = None
+
+
+def _decode(data: Mapping[str, Any] | None, key: str) -> str | None:
+    raw = (data or {}).get(key)
+    if not isinstance(raw, str):
+        return None
+    try:
+        return base64.b64decode(raw).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _encode(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def key_data(key: str) -> dict[str, str]:
+    return {SIGNING_KEY: _encode(key), STANDARD_SECRET_KEY: _encode(standard_webhooks_secret(key))}
+
+
+def owned_by(secret: Mapping[str, Any], uid: str) -> bool:
+    refs = (secret.get("metadata") or {}).get("ownerReferences") or ()
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def new_signing_secret(webhook: Mapping[str, Any]) -> dict[str, Any]:
+    meta = webhook["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": signing_secret_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": {MANAGED_BY_LABEL[0]: MANAGED_BY_LABEL[1], "webhook-operator.io/webhook": meta["name"]},
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "Webhook",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": key_data(generate_signing_key()),
+    }
+
+
+async def ensure_signing_keys(
+    kube: KubeClient, webhook: Mapping[str, Any], spec: WebhookSpec, now: dt.datetime
+) -> SigningKeys:
+    """The keys to sign with, creating or repairing the operator's Secret; a Problem if it cannot."""
+    meta = webhook["metadata"]
+    namespace = meta["namespace"]
+    if spec.signing_key_ref is not None:
+        ref = spec.signing_key_ref
+        secret = await kube.get(secret_path(namespace, ref.name))
+        if secret is None:
+            return SigningKeys(
+                ref.name,
+                problem=Problem(
+                    "SigningKeySecretMissing",
+                    f"spec.signingKeySecretRef: Secret {namespace}/{ref.name} does not exist; create it with the key "
+                    f"under {ref.key!r}, or remove signingKeySecretRef to let the operator generate a key.",
+                ),
+            )
+        key = _decode(secret.get("data"), ref.key)
+        if not key:
+            return SigningKeys(
+                ref.name,
+                problem=Problem(
+                    "SigningKeySecretMissing",
+                    f"spec.signingKeySecretRef: Secret {namespace}/{ref.name} has no key {ref.key!r}; "
+                    "add it or fix the key name.",
+                ),
+            )
+        return SigningKeys(ref.name, keys=(key,))
+
+    name = signing_secret_name(meta["name"])
+    path = secret_path(namespace, name)
+    secret = await kube.get(path)
+    if secret is None:
+        try:
+            secret = await kube.create(secret_path(namespace), new_signing_secret(webhook))
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            secret = await kube.get(path)  # created concurrently: judge what is there now
+            if secret is None:
+                raise
+    if not owned_by(secret, meta["uid"]):
+        return SigningKeys(
+            name,
+            problem=Problem(
+                "SigningKeySecretConflict",
+                f"Secret {namespace}/{name} exists and is not owned by this Webhook, so the operator will not "
+                f"overwrite it. Delete or rename that Secret, or point spec.signingKeySecretRef at it to use its key.",
+            ),
+        )
+    data = secret.get("data") or {}
+    current = _decode(data, SIGNING_KEY)
+    if not current or len(current) < 16:
+        current = generate_signing_key()
+        await kube.merge_patch(path, {"data": key_data(current)})
+    keys = [current]
+    previous = _decode(data, PREVIOUS_KEY)
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    expires = parse_time(annotations.get(PREVIOUS_KEY_EXPIRES_ANNOTATION))
+    if previous:
+        if expires is not None and expires > now:
+            keys.append(previous)
+        else:
+            await kube.merge_patch(
+                path,
+                {"metadata": {"annotations": {PREVIOUS_KEY_EXPIRES_ANNOTATION: None}}, "data": {PREVIOUS_KEY: None}},
+            )
+            expires = None
+    return SigningKeys(name, keys=tuple(keys), previous_expires_at=expires if previous else None)
+
+
+async def rotate_signing_key(
+    kube: KubeClient, webhook: Mapping[str, Any], overlap_s: float, now: dt.datetime
+) -> dt.datetime:
+    """Put a new key in place and keep the current one as the previous key until the returned time."""
+    meta = webhook["metadata"]
+    path = secret_path(meta["namespace"], signing_secret_name(meta["name"]))
+    secret = await kube.get(path)
+    if secret is None or not owned_by(secret, meta["uid"]):
+        raise ApiError(409, "Conflict", "the signing-key Secret is missing or not owned by this Webhook")
+    current = _decode(secret.get("data"), SIGNING_KEY)
+    expires = now + dt.timedelta(seconds=overlap_s)
+    patch: dict[str, Any] = {"data": key_data(generate_signing_key())}
+    if current and overlap_s > 0:
+        patch["data"][PREVIOUS_KEY] = _encode(current)
+        patch["metadata"] = {"annotations": {PREVIOUS_KEY_EXPIRES_ANNOTATION: format_time(expires)}}
+    # Guard against a concurrent writer with the resourceVersion we read.
+    patch.setdefault("metadata", {})["resourceVersion"] = secret["metadata"]["resourceVersion"]
+    await kube.merge_patch(path, patch)
+    return expires
+
+
+async def resolve_headers(
+    kube: KubeClient, namespace: str, spec: WebhookSpec
+) -> tuple[tuple[tuple[str, str], ...], Problem | None]:
+    """Custom headers with Secret values filled in, or the first problem found."""
+    resolved: list[tuple[str, str]] = []
+    cache: dict[str, dict[str, Any] | None] = {}
+    for index, header in enumerate(spec.headers):
+        if header.secret is None:
+            resolved.append((header.name, header.value or ""))
+            continue
+        ref = header.secret
+        if ref.name not in cache:
+            cache[ref.name] = await kube.get(secret_path(namespace, ref.name))
+        secret = cache[ref.name]
+        field = f"spec.headers[{index}] ({header.name})"
+        if secret is None:
+            return (), Problem(
+                "HeaderSecretMissing",
+                f"{field}: Secret {namespace}/{ref.name} does not exist; create it with key {ref.key!r}. "
+                "The webhook becomes Ready as soon as it exists.",
+            )
+        value = _decode(secret.get("data"), ref.key)
+        if value is None:
+            return (), Problem(
+                "HeaderSecretKeyMissing",
+                f"{field}: Secret {namespace}/{ref.name} has no key {ref.key!r}; add it or fix secretKeyRef.key.",
+            )
+        if "\r" in value or "\n" in value:
+            return (), Problem(
+                "InvalidHeaderValue",
+                f"{field}: the value in Secret {namespace}/{ref.name} key {ref.key!r} contains CR or LF; "
+                "header values must be a single line (strip the trailing newline).",
+            )
+        resolved.append((header.name, value))
+    return tuple(resolved), None
+
+
+def secret_refs(spec: WebhookSpec) -> frozenset[str]:
+    refs = {h.secret.name for h in spec.headers if h.secret}
+    if spec.signing_key_ref:
+        refs.add(spec.signing_key_ref.name)
+    return frozenset(refs)

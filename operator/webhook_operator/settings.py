@@ -1,0 +1,111 @@
+"""Operator flags turned into one frozen settings object."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+
+from webhook_operator.policy import DestinationPolicy
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go-style duration (``24h``, ``1h30m``, ``90s``, ``500ms``); a bare number is seconds."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    pos, total = 0, 0.0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 24h, 30m, 90s or 0")
+    return total
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()
+    metrics_port: int = 8080
+    health_port: int = 8081
+    bind_address: str = "0.0.0.0"
+    event_ttl_s: float = 24 * 3600.0
+    key_rotation_overlap_s: float = 24 * 3600.0
+    allow_http: bool = False
+    destination_policy: DestinationPolicy = field(default_factory=DestinationPolicy)
+    ca_bundle: str | None = None
+    max_concurrency: int = 100
+    per_webhook_concurrency: int = 10
+    health_flush_s: float = 2.0
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+
+DEV_CIDRS = ("127.0.0.0/8", "::1/128")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (default 8080)")
+    parser.add_argument("--health-port", type=int, default=8081, help="port of /healthz (default 8081)")
+    parser.add_argument("--bind-address", default="0.0.0.0", help="address the metrics and health servers bind")
+    parser.add_argument(
+        "--event-ttl",
+        type=parse_duration,
+        default="24h",
+        help="delete completed WebhookEvents this long after completion (0 keeps them)",
+    )
+    parser.add_argument(
+        "--key-rotation-overlap", type=parse_duration, default="24h", help="how long a rotated-out key keeps signing"
+    )
+    parser.add_argument("--allow-http", action="store_true", help="accept http:// webhook URLs")
+    parser.add_argument(
+        "--allow-cidr",
+        action="append",
+        default=[],
+        help="let deliveries reach this otherwise blocked range (repeatable)",
+    )
+    parser.add_argument("--ca-bundle", default=None, help="extra CA certificates (PEM) trusted for deliveries")
+    parser.add_argument("--max-concurrency", type=int, default=100, help="deliveries in flight at once, in all")
+    parser.add_argument(
+        "--per-webhook-concurrency", type=int, default=10, help="deliveries in flight at once to one webhook"
+    )
+    parser.add_argument("--health-flush-interval", type=parse_duration, default="2s", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--dev", action="store_true", help="= --allow-http --allow-cidr 127.0.0.0/8 --allow-cidr ::1/128"
+    )
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    cidrs = list(args.allow_cidr)
+    if args.dev:
+        cidrs += [c for c in DEV_CIDRS if c not in cidrs]
+    if args.max_concurrency < 1 or args.per_webhook_concurrency < 1:
+        raise SystemExit("error: --max-concurrency and --per-webhook-concurrency must be at least 1")
+    try:
+        policy = DestinationPolicy.from_strings(cidrs)
+    except ValueError as exc:
+        raise SystemExit(f"error: --allow-cidr: {exc}") from exc
+    return Settings(
+        namespaces=tuple(dict.fromkeys(args.namespace)),
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        bind_address=args.bind_address,
+        event_ttl_s=float(args.event_ttl),
+        key_rotation_overlap_s=float(args.key_rotation_overlap),
+        allow_http=bool(args.allow_http or args.dev),
+        destination_policy=policy,
+        ca_bundle=args.ca_bundle,
+        max_concurrency=args.max_concurrency,
+        per_webhook_concurrency=args.per_webhook_concurrency,
+        health_flush_s=float(args.health_flush_interval),
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )

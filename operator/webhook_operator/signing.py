@@ -1,0 +1,97 @@
+"""Signing keys, the delivery body and its signatures (Logto's header and Standard Webhooks), byte-exact."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import string
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+KEY_ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
+KEY_LENGTH = 32
+STANDARD_WEBHOOKS_PREFIX = "whsec_"
+
+HEADER_WEBHOOK_ID = "webhook-id"
+HEADER_WEBHOOK_TIMESTAMP = "webhook-timestamp"
+HEADER_WEBHOOK_SIGNATURE = "webhook-signature"
+HEADER_LOGTO_SIGNATURE = "logto-signature-sha-256"
+
+
+def generate_signing_key() -> str:
+    """A new key: 32 random characters from [0-9A-Za-z], the format Logto uses."""
+    return "".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_LENGTH))
+
+
+def standard_webhooks_secret(signing_key: str) -> str:
+    """The same key in Standard Webhooks form, so its libraries verify with the exact key bytes."""
+    return STANDARD_WEBHOOKS_PREFIX + base64.b64encode(signing_key.encode("utf-8")).decode("ascii")
+
+
+def message_id(event_uid: str, webhook_uid: str) -> str:
+    """The `webhook-id` of one event sent to one webhook: derived, not stored, so restarts keep it."""
+    digest = hashlib.sha256(f"{event_uid}\x00{webhook_uid}".encode()).hexdigest()
+    return "msg_" + digest[:32]
+
+
+def format_created_at(ts: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and `Z`; a naive datetime is taken to be UTC."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    # isoformat truncates to milliseconds and, unlike strftime, always writes a four-digit year.
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def build_body(
+    *,
+    hook_id: str,
+    event: str,
+    created_at: str,
+    event_id: str,
+    data: object,
+    test: bool = False,
+) -> bytes:
+    """The delivery body: compact UTF-8 JSON with the keys in contract order (signatures cover these bytes)."""
+    payload: dict[str, object] = {
+        "hookId": hook_id,
+        "event": event,
+        "createdAt": created_at,
+        "eventId": event_id,
+        "data": data,
+    }
+    if test:
+        payload["test"] = True
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _hmac_sha256(signing_key: str, message: bytes) -> bytes:
+    return hmac.new(signing_key.encode("utf-8"), message, hashlib.sha256).digest()
+
+
+def logto_signature(signing_key: str, body: bytes) -> str:
+    """`logto-signature-sha-256`: hex HMAC-SHA256 of the body, keyed with the key's UTF-8 bytes."""
+    return _hmac_sha256(signing_key, body).hex()
+
+
+def standard_signature(signing_key: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """One Standard Webhooks signature, `v1,<base64>`, over `{id}.{timestamp}.{body}`.
+
+    The key is the UTF-8 bytes of `signing_key`, which is what `standard_webhooks_secret` encodes.
+    """
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(_hmac_sha256(signing_key, signed)).decode("ascii")
+
+
+def signature_headers(keys: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """All signature headers of one attempt; `keys[0]` is the current key, the rest are keys still in overlap."""
+    if not keys:
+        raise ValueError("at least one signing key is needed to sign a delivery")
+    return {
+        HEADER_WEBHOOK_ID: msg_id,
+        HEADER_WEBHOOK_TIMESTAMP: str(timestamp),
+        HEADER_WEBHOOK_SIGNATURE: " ".join(standard_signature(key, msg_id, timestamp, body) for key in keys),
+        HEADER_LOGTO_SIGNATURE: logto_signature(keys[0], body),
+    }

@@ -1,0 +1,395 @@
+"""Reconciling Webhooks: checks, signing keys, the index entry, status, health writes and actions.
+
+Only ``status`` of a Webhook is ever written, so GitOps tools see no drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from webhook_operator import GROUP, VERSION
+from webhook_operator.health import HealthWindow, healthy_condition
+from webhook_operator.index import Key, WebhookIndex, WebhookState
+from webhook_operator.kube import ApiError, KubeClient, resource_path
+from webhook_operator.matching import sample_event_for
+from webhook_operator.metrics import Metrics
+from webhook_operator.model import (
+    MANAGED_BY_LABEL,
+    ROTATE_ANNOTATION,
+    TEST_ANNOTATION,
+    format_time,
+    now,
+    parse_webhook_spec,
+    signing_secret_name,
+)
+from webhook_operator.policy import BlockedDestination, PolicyViolation, allowed_addresses, parse_url
+from webhook_operator.recorder import record
+from webhook_operator.secrets import (
+    Problem,
+    ensure_signing_keys,
+    resolve_headers,
+    rotate_signing_key,
+    secret_refs,
+)
+from webhook_operator.settings import Settings
+from webhook_operator.status import condition, merge_conditions, without_volatile
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_API_ERROR_S = 5.0
+HEALTH_RESYNC_S = 60.0
+
+TestSender = Callable[[WebhookState, str], Awaitable[dict[str, Any]]]
+
+
+def webhook_path(namespace: str, name: str, subresource: str | None = None) -> str:
+    return resource_path("webhooks", namespace, name, subresource=subresource)
+
+
+class WebhookController:
+    def __init__(self, settings: Settings, kube: KubeClient, index: WebhookIndex, metrics: Metrics) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.index = index
+        self.metrics = metrics
+        self.send_test: TestSender | None = None
+        self._locks: dict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._tests_running: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._health_written: dict[Key, dict[str, Any]] = {}
+
+    # -- watch entry points -------------------------------------------------------------
+    async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        if type_ == "DELETED":
+            self.forget(meta.get("namespace", ""), meta.get("name", ""))
+            return
+        await self.reconcile(body)
+
+    async def on_secret_event(self, body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        for state in self.index.readers_of_secret(namespace, name):
+            await self.reconcile(state.body, force=True)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.index.remove(namespace, name)
+        self.metrics.remove_webhook(namespace, name)
+        self._health_written.pop((namespace, name), None)
+        timer = self._timers.pop((namespace, name), None)
+        if timer:
+            timer.cancel()
+
+    # -- reconcile ----------------------------------------------------------------------
+    async def reconcile(self, body: dict[str, Any], *, force: bool = False) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        async with self._locks[key]:
+            try:
+                await self._reconcile(body, force=force)
+            except (ApiError, OSError) as exc:
+                log.warning(
+                    "reconciling webhook %s/%s failed, retrying in %.0fs: %s", *key, RETRY_AFTER_API_ERROR_S, exc
+                )
+                self._schedule(key, RETRY_AFTER_API_ERROR_S)
+
+    async def _reconcile(self, body: dict[str, Any], *, force: bool) -> None:
+        meta = body["metadata"]
+        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        annotations = meta.get("annotations") or {}
+        status = body.get("status") or {}
+        fingerprint = (
+            uid,
+            meta.get("generation"),
+            annotations.get(TEST_ANNOTATION),
+            annotations.get(ROTATE_ANNOTATION),
+        )
+        state = self.index.get(namespace, name)
+        if state is not None and state.uid == uid and state.fingerprint == fingerprint and state.ready and not force:
+            state.body = body
+            return
+        if state is None or state.uid != uid:
+            state = WebhookState(
+                namespace=namespace,
+                name=name,
+                uid=uid,
+                generation=int(meta.get("generation") or 0),
+                spec=parse_webhook_spec(body.get("spec") or {}),
+                body=body,
+                health=HealthWindow.from_status(status.get("health")),
+                limiter=asyncio.Semaphore(self.settings.per_webhook_concurrency),
+            )
+        spec = parse_webhook_spec(body.get("spec") or {})
+        current = now()
+        problems: list[Problem] = []
+        notes: list[str] = []
+
+        url = None
+        try:
+            url = parse_url(spec.url, allow_http=self.settings.allow_http)
+        except PolicyViolation as violation:
+            problems.append(Problem(violation.reason, violation.message))
+        if url is not None:
+            try:
+                await allowed_addresses(url.host, url.port, self.settings.destination_policy)
+            except BlockedDestination as violation:
+                problems.append(Problem(violation.reason, violation.message))
+            except PolicyViolation as violation:
+                # DNS can fail for a moment; the connect-time check still guards every delivery.
+                notes.append(violation.message)
+
+        headers, header_problem = await resolve_headers(self.kube, namespace, spec)
+        if header_problem:
+            problems.append(header_problem)
+        keys = await ensure_signing_keys(self.kube, body, spec, current)
+        if keys.problem:
+            problems.append(keys.problem)
+
+        rotation = dict(status.get("keyRotation") or {})
+        requested = annotations.get(ROTATE_ANNOTATION)
+        if requested and requested != rotation.get("requestedAt"):
+            rotation = await self._rotate(body, spec.signing_key_ref is not None, keys.problem, requested)
+            if "rotatedAt" in rotation:
+                keys = await ensure_signing_keys(self.kube, body, spec, now())
+
+        state.spec = spec
+        state.body = body
+        state.generation = int(meta.get("generation") or 0)
+        state.url = url
+        state.headers = headers
+        state.keys = keys.keys
+        state.secret_refs = secret_refs(spec) | {signing_secret_name(name)}
+        state.ready = not problems
+        state.fingerprint = fingerprint
+        self.index.put(state)
+        self.metrics.webhook_state(namespace, name, enabled=spec.enabled, ready=state.ready)
+        self.metrics.health(namespace, name, state.health.summary(current))
+
+        if problems:
+            ready = ("False", problems[0].reason, " ".join(p.message for p in problems))
+        elif not spec.enabled:
+            ready = ("True", "Reconciled", "disabled: no events are delivered while spec.enabled is false")
+        else:
+            target = f"{url.scheme}://{url.host}" if url else ""
+            ready = (
+                "True",
+                "Reconciled",
+                " ".join([f"delivering {len(spec.events)} event pattern(s) to {target}", *notes]),
+            )
+        generation = state.generation
+        conditions = merge_conditions(
+            status.get("conditions"),
+            [
+                condition(
+                    status.get("conditions"),
+                    type_="Ready",
+                    status=ready[0],
+                    reason=ready[1],
+                    message=ready[2],
+                    generation=generation,
+                    now=current,
+                ),
+                self._healthy_condition(state, status.get("conditions")),
+            ],
+        )
+        desired: dict[str, Any] = {
+            "observedGeneration": generation,
+            "signingKeySecretName": keys.secret_name,
+            "conditions": conditions,
+            "health": state.health.to_status(current),
+        }
+        if rotation:
+            if keys.previous_expires_at is None and "previousKeyExpiresAt" in rotation and "rotatedAt" in rotation:
+                rotation = {k: v for k, v in rotation.items() if k != "previousKeyExpiresAt"}
+            desired["keyRotation"] = rotation
+        await self._write_status(state, status, desired)
+        if keys.previous_expires_at is not None:
+            self._schedule(state.key, (keys.previous_expires_at - now()).total_seconds() + 1)
+
+        test_value = annotations.get(TEST_ANNOTATION)
+        if test_value and test_value != (status.get("lastTest") or {}).get("requestedAt"):
+            self._start_test(state, test_value, None if state.ready else ready[2])
+
+    def _healthy_condition(self, state: WebhookState, existing: Any) -> dict[str, Any]:
+        status, reason, message = healthy_condition(state.health.summary(now()))
+        return condition(
+            existing,
+            type_="Healthy",
+            status=status,
+            reason=reason,
+            message=message,
+            generation=state.generation,
+            now=now(),
+        )
+
+    async def _write_status(self, state: WebhookState, current: dict[str, Any], desired: dict[str, Any]) -> None:
+        unchanged = all(
+            (without_volatile(current.get(k)) == without_volatile(v)) if k == "conditions" else current.get(k) == v
+            for k, v in desired.items()
+        )
+        if unchanged:
+            return
+        result = await self.kube.merge_patch(webhook_path(state.namespace, state.name, "status"), {"status": desired})
+        state.body = result or state.body
+        self._health_written[state.key] = desired.get("health", {})
+
+    async def _rotate(
+        self, body: dict[str, Any], user_key: bool, problem: Problem | None, requested: str
+    ) -> dict[str, Any]:
+        if user_key:
+            message = "spec.signingKeySecretRef is set: rotate the key in that Secret yourself"
+            await record(self.kube, body, type_="Warning", reason="KeyRotationSkipped", message=message)
+            return {"requestedAt": requested, "message": message}
+        if problem is not None:
+            message = f"key not rotated: {problem.message}"
+            await record(self.kube, body, type_="Warning", reason="KeyRotationFailed", message=message)
+            return {"requestedAt": requested, "message": message}
+        rotated = now()
+        expires = await rotate_signing_key(self.kube, body, self.settings.key_rotation_overlap_s, rotated)
+        overlap = self.settings.key_rotation_overlap_s
+        await record(
+            self.kube,
+            body,
+            type_="Normal",
+            reason="KeyRotated",
+            message=f"new signing key in place; the previous key keeps signing until {format_time(expires)}"
+            if overlap > 0
+            else "new signing key in place; the previous key was dropped at once",
+        )
+        result = {"requestedAt": requested, "rotatedAt": format_time(rotated)}
+        if overlap > 0:
+            result["previousKeyExpiresAt"] = format_time(expires)
+        return result
+
+    def _schedule(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        old = self._timers.pop(key, None)
+        if old:
+            old.cancel()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            state = self.index.get(*key)
+            if state is not None:
+                self._spawn(self.reconcile(state.body, force=True))
+            else:
+                self._spawn(self._reconcile_by_name(*key))
+
+        self._timers[key] = loop.call_later(max(delay, 0.05), fire)
+
+    async def _reconcile_by_name(self, namespace: str, name: str) -> None:
+        try:
+            body = await self.kube.get(webhook_path(namespace, name))
+        except (ApiError, OSError) as exc:
+            log.warning("reading webhook %s/%s failed, retrying: %s", namespace, name, exc)
+            self._schedule((namespace, name), RETRY_AFTER_API_ERROR_S)
+            return
+        if body is not None:
+            await self.reconcile(body, force=True)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- test payloads ------------------------------------------------------------------
+    def _start_test(self, state: WebhookState, value: str, not_ready: str | None) -> None:
+        marker = (state.uid, value)
+        if marker in self._tests_running or self.send_test is None:
+            return
+        self._tests_running.add(marker)
+        self._spawn(self._run_test(state, value, not_ready, marker))
+
+    async def _run_test(self, state: WebhookState, value: str, not_ready: str | None, marker: tuple[str, str]) -> None:
+        try:
+            assert self.send_test is not None
+            if not_ready:
+                results = [
+                    {"event": sample_event_for(e), "error": f"not sent: webhook not Ready: {not_ready}"[:512]}
+                    for e in state.spec.events
+                ]
+            else:
+                results = list(await asyncio.gather(*(self.send_test(state, e) for e in state.spec.events)))
+            last_test = {"requestedAt": value, "completedAt": format_time(now()), "results": results}
+            async with self._locks[state.key]:
+                await self.kube.merge_patch(
+                    webhook_path(state.namespace, state.name, "status"), {"status": {"lastTest": last_test}}
+                )
+            failed = [r for r in results if r.get("error") or not (200 <= int(r.get("statusCode") or 0) < 300)]
+            summary = ", ".join(f"{r['event']}: {r.get('statusCode') or r.get('error', '')}" for r in results)
+            await record(
+                self.kube,
+                state.body,
+                type_="Warning" if failed else "Normal",
+                reason="TestPayloadFailed" if failed else "TestPayloadSent",
+                message=f"test payloads: {summary}",
+            )
+        except (ApiError, OSError) as exc:
+            log.warning("test payload for %s failed to record: %s", state.hook_id, exc)
+        finally:
+            self._tests_running.discard(marker)
+
+    # -- health -------------------------------------------------------------------------
+    def delivery_completed(self, state: WebhookState, *, succeeded: bool, status_code: int | None) -> None:
+        state.health.record(now(), succeeded=succeeded, status_code=status_code)
+        state.health_dirty = True
+
+    async def flush_health(self, *, everything: bool = False) -> None:
+        """Write health of webhooks with new deliveries (or all whose 24h figures moved)."""
+        current = now()
+        for state in list(self.index):
+            if not (state.health_dirty or everything):
+                continue
+            state.health_dirty = False
+            health = state.health.to_status(current)
+            summary = state.health.summary(current)
+            self.metrics.health(state.namespace, state.name, summary)
+            if self._health_written.get(state.key) == health:
+                continue
+            async with self._locks[state.key]:
+                existing = (state.body.get("status") or {}).get("conditions")
+                conditions = merge_conditions(existing, [self._healthy_condition(state, existing)])
+                try:
+                    result = await self.kube.merge_patch(
+                        webhook_path(state.namespace, state.name, "status"),
+                        {"status": {"health": health, "conditions": conditions}},
+                    )
+                except ApiError as exc:
+                    if exc.status == 404:
+                        continue
+                    state.health_dirty = True
+                    log.warning("writing health of %s failed, will retry: %s", state.hook_id, exc)
+                    continue
+                except OSError as exc:
+                    state.health_dirty = True
+                    log.warning("writing health of %s failed, will retry: %s", state.hook_id, exc)
+                    continue
+                state.body = result or state.body
+                self._health_written[state.key] = health
+
+    async def health_loop(self) -> None:
+        last_full = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(self.settings.health_flush_s)
+            full = asyncio.get_running_loop().time() - last_full >= HEALTH_RESYNC_S
+            if full:
+                last_full = asyncio.get_running_loop().time()
+            try:
+                await self.flush_health(everything=full)
+            except Exception:  # the loop must outlive any one bad write
+                log.exception("health flush failed")
+
+
+def managed_signing_secret_owner(body: dict[str, Any]) -> str | None:
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    if labels.get(MANAGED_BY_LABEL[0]) != MANAGED_BY_LABEL[1]:
+        return None
+    owner = labels.get("webhook-operator.io/webhook")
+    return owner if isinstance(owner, str) else None
+
+
+__all__ = ["GROUP", "VERSION", "WebhookController", "managed_signing_secret_owner"]
