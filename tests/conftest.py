@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -80,15 +81,25 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         finally:
             kind.delete()
         return
-    # A state folder of its own, so a developer's `make dev` cluster is never touched.
+    # A state folder of its own, so a developer's `make dev` cluster is never touched. Concurrent
+    # pytest runs share it: each holds a shared lock, and the last one out stops it.
     plane = ControlPlane(ROOT / ".cluster-test")
-    plane.up()
-    try:
+    lock_path = ROOT / ".cluster-test.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        plane.up()
         _install_crds(plane.kubeconfig)
-        yield Cluster("local", plane.kubeconfig)
-    finally:
-        if not os.environ.get("WEBHOOK_OPERATOR_KEEP_TEST_CLUSTER"):
-            plane.down(quiet=True)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        try:
+            yield Cluster("local", plane.kubeconfig)
+        finally:
+            if not os.environ.get("WEBHOOK_OPERATOR_KEEP_TEST_CLUSTER"):
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # another run still uses it
+                else:
+                    plane.down(quiet=True)
 
 
 @pytest.fixture(scope="session")

@@ -221,6 +221,8 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={kcm_port}",
                 "--leader-elect=false",
+                # Each controller acts as its own service account with its bootstrap role, as in real clusters.
+                "--use-service-account-credentials=true",
                 "--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller",
                 f"--root-ca-file={ca.cert_path}",
                 f"--cert-dir={self.state_dir / 'kcm-certs'}",
