@@ -1,0 +1,241 @@
+"""`kubectl webhooks`: test, logs, rotate-key and redeliver for people at a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from webhook_operator import GROUP, VERSION
+from webhook_operator.model import REDELIVER_ANNOTATION, ROTATE_ANNOTATION, TEST_ANNOTATION, parse_time
+from webhook_operator.settings import parse_duration
+
+
+class PluginError(Exception):
+    """A problem to print as one line, with exit code 1."""
+
+
+def _api() -> tuple[Any, str]:
+    try:
+        kubernetes.config.load_kube_config()
+        _, context = kubernetes.config.list_kube_config_contexts()
+        namespace = (context or {}).get("context", {}).get("namespace") or "default"
+    except kubernetes.config.ConfigException:
+        try:
+            kubernetes.config.load_incluster_config()
+        except kubernetes.config.ConfigException as exc:
+            raise PluginError(f"no Kubernetes configuration found: {exc}") from exc
+        namespace = "default"
+    return kubernetes.client.CustomObjectsApi(), namespace
+
+
+def _explain(exc: ApiException, kind: str, name: str | None, namespace: str) -> PluginError:
+    if exc.status == 404:
+        body = str(exc.body or "")
+        if name and "the server could not find the requested resource" not in body:
+            return PluginError(f'{kind} "{name}" not found in namespace "{namespace}"')
+        return PluginError(
+            f"the {kind} resource type is not installed in this cluster; install the CRDs: kubectl apply -f crds/"
+        )
+    if exc.status == 403:
+        return PluginError(f"not allowed: {exc.reason} ({kind} in namespace {namespace})")
+    return PluginError(f"API error {exc.status}: {exc.reason}")
+
+
+def _stamp() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _annotate(api: Any, plural: str, kind: str, namespace: str, name: str, annotation: str) -> str:
+    value = _stamp()
+    try:
+        api.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name, {"metadata": {"annotations": {annotation: value}}}
+        )
+    except ApiException as exc:
+        raise _explain(exc, kind, name, namespace) from exc
+    return value
+
+
+def _wait_for(
+    api: Any, plural: str, namespace: str, name: str, done: Callable[[dict[str, Any]], bool], timeout: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = api.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+        if done(obj):
+            return dict(obj)
+        if time.monotonic() > deadline:
+            raise PluginError(f"timed out after {timeout:g}s; is the operator running? (kubectl get pods -A)")
+        time.sleep(0.5)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(c) for c in headers], *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+
+
+def cmd_test(api: Any, args: argparse.Namespace) -> int:
+    value = _annotate(api, "webhooks", "Webhook", args.namespace, args.name, TEST_ANNOTATION)
+    if not args.wait:
+        print(f"test payloads requested for webhook {args.namespace}/{args.name} ({value})")
+        return 0
+    obj = _wait_for(
+        api,
+        "webhooks",
+        args.namespace,
+        args.name,
+        lambda o: (o.get("status") or {}).get("lastTest", {}).get("requestedAt") == value,
+        args.timeout,
+    )
+    results = obj["status"]["lastTest"].get("results") or []
+    print(
+        table(
+            ["EVENT", "STATUS", "DURATION", "ERROR"],
+            [
+                [r.get("event"), r.get("statusCode", "-"), f"{r.get('durationMs', 0)}ms", r.get("error", "")]
+                for r in results
+            ],
+        )
+    )
+    ok = all(200 <= int(r.get("statusCode") or 0) < 300 for r in results)
+    return 0 if ok else 1
+
+
+def log_rows(events: Sequence[dict[str, Any]], webhook: str, since: dt.datetime, failed_only: bool) -> list[list[Any]]:
+    """The request log of one webhook: one row per delivery entry, newest first."""
+    rows: list[tuple[dt.datetime, list[Any]]] = []
+    for event in events:
+        meta, status = event.get("metadata") or {}, event.get("status") or {}
+        created = parse_time(meta.get("creationTimestamp"))
+        for entry in status.get("deliveries") or ():
+            if entry.get("webhook") != webhook:
+                continue
+            when = parse_time(entry.get("lastAttemptTime")) or created
+            if when is None or when < since:
+                continue
+            if failed_only and entry.get("outcome") != "Failed":
+                continue
+            rows.append(
+                (
+                    when,
+                    [
+                        when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        (event.get("spec") or {}).get("event"),
+                        meta.get("name"),
+                        entry.get("outcome"),
+                        entry.get("attempts", 0),
+                        entry.get("statusCode", "-"),
+                        f"{entry.get('durationMs', 0)}ms",
+                        entry.get("error", ""),
+                    ],
+                )
+            )
+    rows.sort(key=lambda r: r[0], reverse=True)
+    return [r for _, r in rows]
+
+
+def cmd_logs(api: Any, args: argparse.Namespace) -> int:
+    try:
+        api.get_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhooks", args.name)
+        events = api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhookevents").get("items", [])
+    except ApiException as exc:
+        raise _explain(exc, "Webhook", args.name, args.namespace) from exc
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(args.since))
+    rows = log_rows(events, args.name, since, args.failed)
+    if not rows:
+        kind = "failed requests" if args.failed else "requests"
+        print(f"no {kind} for webhook {args.namespace}/{args.name} in the last {args.since}")
+        return 0
+    print(table(["TIME", "EVENT", "WEBHOOKEVENT", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "ERROR"], rows))
+    return 0
+
+
+def cmd_rotate(api: Any, args: argparse.Namespace) -> int:
+    value = _annotate(api, "webhooks", "Webhook", args.namespace, args.name, ROTATE_ANNOTATION)
+    if not args.wait:
+        print(f"key rotation requested for webhook {args.namespace}/{args.name} ({value})")
+        return 0
+    obj = _wait_for(
+        api,
+        "webhooks",
+        args.namespace,
+        args.name,
+        lambda o: (o.get("status") or {}).get("keyRotation", {}).get("requestedAt") == value,
+        args.timeout,
+    )
+    rotation = obj["status"]["keyRotation"]
+    if "rotatedAt" not in rotation or rotation.get("requestedAt") != value:
+        raise PluginError(f"key not rotated: {rotation.get('message', 'see kubectl describe webhook')}")
+    print(f"rotated at {rotation['rotatedAt']}; previous key valid until {rotation.get('previousKeyExpiresAt', '-')}")
+    return 0
+
+
+def cmd_redeliver(api: Any, args: argparse.Namespace) -> int:
+    value = _annotate(api, "webhookevents", "WebhookEvent", args.namespace, args.event, REDELIVER_ANNOTATION)
+    if not args.wait:
+        print(f"redelivery requested for webhookevent {args.namespace}/{args.event} ({value})")
+        return 0
+    obj = _wait_for(
+        api,
+        "webhookevents",
+        args.namespace,
+        args.event,
+        lambda o: (
+            (o.get("status") or {}).get("redelivery", {}).get("requestedAt") == value
+            and (o.get("status") or {}).get("completionTime") is not None
+        ),
+        args.timeout,
+    )
+    status = obj["status"]
+    print(f"phase {status.get('phase')}, delivered {status.get('delivered')}")
+    return 0 if status.get("phase") in ("Delivered", "NoSubscribers") else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubectl webhooks", description="Work with webhook-operator Webhooks.")
+    parser.add_argument("-n", "--namespace", default=None, help="namespace (default: the context's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    test = sub.add_parser("test", help="send a test payload for each subscribed event")
+    test.add_argument("name")
+    test.add_argument("--wait", action="store_true", help="wait for and print the results")
+    logs = sub.add_parser("logs", help="the webhook's recent requests, newest first")
+    logs.add_argument("name")
+    logs.add_argument("--since", default="24h", help="how far back (default 24h)")
+    logs.add_argument("--failed", action="store_true", help="only failed deliveries")
+    rotate = sub.add_parser("rotate-key", help="generate a new signing key (the old one keeps signing for the overlap)")
+    rotate.add_argument("name")
+    rotate.add_argument("--wait", action="store_true")
+    redeliver = sub.add_parser("redeliver", help="deliver an event again to every webhook whose delivery failed")
+    redeliver.add_argument("event")
+    redeliver.add_argument("--wait", action="store_true")
+    for p in (test, logs, rotate, redeliver):
+        p.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = {"test": cmd_test, "logs": cmd_logs, "rotate-key": cmd_rotate, "redeliver": cmd_redeliver}
+    try:
+        api, default_namespace = _api()
+        args.namespace = args.namespace or default_namespace
+        return commands[args.command](api, args)
+    except PluginError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ApiException as exc:
+        print(f"error: API error {exc.status}: {exc.reason}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
