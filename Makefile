@@ -47,4 +47,4 @@ bench:
 	$(PYTHON) -m tests.bench.run
 
 sync-chart-crds:
-	sh scripts/sync-chart-crds.sh
+	bash scripts/sync-chart-crds.sh

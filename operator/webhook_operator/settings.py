@@ -80,7 +80,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--dev", action="store_true", help="= --allow-http --allow-cidr 127.0.0.0/8 --allow-cidr ::1/128"
     )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

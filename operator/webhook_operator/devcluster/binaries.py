@@ -20,6 +20,10 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.21.4"
+# The Kubernetes minor helm's client-go is built against: helm's default for .Capabilities.KubeVersion.
+HELM_KUBE_MINOR = "36"
+# Bumped when a recipe's build flags change, so a cached binary built the old way is not reused.
+RECIPE_REVISION = {"kubernetes": "", "etcd": "", "helm": "-r2"}
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager")
 ALL_BINARIES = ("etcd", *KUBE_BINARIES, "helm")
@@ -170,12 +174,21 @@ def helm_recipe(version: str = HELM_VERSION) -> Recipe:
         f"require helm.sh/helm/v3 {version}\n\ntool helm.sh/helm/v3/cmd/helm\n"
     )
     return Recipe(
-        key=f"helm-{version}",
+        key=f"helm-{version}{RECIPE_REVISION['helm']}",
         binaries=("helm",),
         go_mod=go_mod,
         main_go={},
         packages={"helm": "helm.sh/helm/v3/cmd/helm"},
-        ldflags=f"-s -w -X helm.sh/helm/v3/internal/version.version={version}",
+        ldflags=" ".join(
+            [
+                f"-s -w -X helm.sh/helm/v3/internal/version.version={version}",
+                *(
+                    f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}={value}"
+                    for pkg in ("chartutil", "lint/rules")
+                    for part, value in (("Major", "1"), ("Minor", HELM_KUBE_MINOR))
+                ),
+            ]
+        ),
     )
 
 
@@ -228,7 +241,7 @@ def cached_dir(binary: str) -> Path:
     key = {
         "kubernetes": f"kubernetes-{KUBERNETES_VERSION}",
         "etcd": f"etcd-{ETCD_VERSION}",
-        "helm": f"helm-{HELM_VERSION}",
+        "helm": f"helm-{HELM_VERSION}{RECIPE_REVISION['helm']}",
     }[RECIPE_OF[binary]]
     return cache_root() / "bin" / key
 
