@@ -1,0 +1,68 @@
+-- Argo CD health check for webhook-operator.io/WebhookEvent.
+-- Argo CD sets `obj` to the live object and reads {status, message} from the returned table.
+local hs = {}
+
+local function failures(deliveries)
+  local failed = {}
+  if deliveries == nil then
+    return failed
+  end
+  for _, d in ipairs(deliveries) do
+    if d.outcome == "Failed" then
+      local text = tostring(d.webhook)
+      if d.error ~= nil and d.error ~= "" then
+        text = text .. " (" .. d.error .. ")"
+      end
+      table.insert(failed, text)
+    end
+  end
+  return failed
+end
+
+local function count(deliveries)
+  if deliveries == nil then
+    return 0
+  end
+  return #deliveries
+end
+
+if obj.status == nil or obj.status.phase == nil or obj.status.phase == "" then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to pick up the event"
+  return hs
+end
+
+local phase = obj.status.phase
+local deliveries = obj.status.deliveries
+
+if phase == "Pending" or phase == "Delivering" then
+  hs.status = "Progressing"
+  hs.message = phase .. ": " .. tostring(count(deliveries)) .. " subscribed webhook(s)"
+  return hs
+end
+
+if phase == "Delivered" then
+  hs.status = "Healthy"
+  hs.message = "Delivered to " .. tostring(count(deliveries)) .. " webhook(s)"
+  return hs
+end
+
+if phase == "NoSubscribers" then
+  hs.status = "Healthy"
+  hs.message = "No enabled, ready webhook subscribes to " .. tostring(obj.spec and obj.spec.event or "this event")
+  return hs
+end
+
+if phase == "Failed" or phase == "PartiallyFailed" then
+  local failed = failures(deliveries)
+  hs.status = "Degraded"
+  hs.message = phase .. ": " .. tostring(#failed) .. " of " .. tostring(count(deliveries)) .. " deliveries failed"
+  if #failed > 0 then
+    hs.message = hs.message .. ": " .. table.concat(failed, ", ")
+  end
+  return hs
+end
+
+hs.status = "Unknown"
+hs.message = "Unknown phase " .. tostring(phase)
+return hs
