@@ -13,7 +13,7 @@ import yaml
 from tests.support.prometheus import ALERTS_FILE, REPO_ROOT, find_binary
 
 ALERT_TESTS_FILE = REPO_ROOT / "tests" / "prometheus" / "alerts_test.yaml"
-MONITORING_DOC = REPO_ROOT / "docs" / "monitoring.md"
+MONITORING_DOC = REPO_ROOT / "README.md"
 RUNBOOK_BASE = "https://github.com/webhook-operator/webhook-operator/blob/main/README.md#runbook-"
 EXPECTED_ALERTS = {
     "WebhookSuccessRateLow",

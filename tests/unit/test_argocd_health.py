@@ -209,9 +209,9 @@ EXPECTED_KEYS = {
 
 
 def test_install_docs_carry_the_same_lua_as_deploy_argocd_health() -> None:
-    data = lua_blocks_in_markdown((REPO / "docs" / "install.md").read_text())
+    data = lua_blocks_in_markdown((REPO / "README.md").read_text())
     for key, script in EXPECTED_KEYS.items():
-        assert data[key] == script.read_text(), f"{key} in docs/install.md differs from {script.name}"
+        assert data[key] == script.read_text(), f"{key} in README.md differs from {script.name}"
 
 
 def test_argocd_example_patch_carries_the_same_lua_as_deploy_argocd_health() -> None:

@@ -24,7 +24,7 @@ FULLNAME = "wo-webhook-operator"
 # Render for the Kubernetes release the suite's control plane runs, not helm's built-in default.
 TEMPLATE = ("template", RELEASE, str(CHART), "--kube-version", binaries.KUBERNETES_VERSION)
 
-# The rules on namespaced resources, as templates/rbac.yaml grants them (see docs/install.md, "RBAC").
+# The rules on namespaced resources, as templates/rbac.yaml grants them (see README.md, "RBAC").
 NAMESPACED_RULES = [
     {"apiGroups": ["webhook-operator.io"], "resources": ["webhooks"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["webhook-operator.io"], "resources": ["webhooks/status"], "verbs": ["get", "patch"]},
@@ -486,7 +486,7 @@ def test_every_value_has_a_comment() -> None:
 
 
 def test_every_value_is_in_the_install_docs_table() -> None:
-    docs = (REPO / "docs" / "install.md").read_text()
+    docs = (REPO / "README.md").read_text()
     paths = [".".join(path) for _, _, path in value_keys()]
     leaves = [p for p in paths if not any(other.startswith(p + ".") for other in paths)]
     missing = [leaf for leaf in leaves if f"`{leaf}`" not in docs]
