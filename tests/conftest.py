@@ -18,6 +18,8 @@ from webhook_operator.devcluster.controlplane import ControlPlane
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "crds"
 KubectlFn = Callable[..., subprocess.CompletedProcess[str]]
+KIND_CLUSTER_NAME = "webhook-operator-test"
+KIND_NODE_IMAGE = "kindest/node:v1.32.2"
 
 pytest_plugins = ["tests.support.fixtures"]
 
@@ -48,14 +50,14 @@ def docker_unavailable_reason() -> str | None:
 
 def _install_crds(kubeconfig: Path) -> None:
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    subprocess.run(["kubectl", "apply", "--server-side", "-f", str(CRDS)], env=env, check=True, capture_output=True)
     names = [f"crd/{p.name.removesuffix('.yaml')}" for p in sorted(CRDS.glob("*.yaml"))]
-    subprocess.run(
-        ["kubectl", "wait", "--for=condition=Established", "--timeout=60s", *names],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    for args in (
+        ["apply", "--server-side", "-f", str(CRDS)],
+        ["wait", "--for=condition=Established", "--timeout=60s", *names],
+    ):
+        result = subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"installing the CRDs failed: kubectl {' '.join(args)}:\n{result.stderr}")
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +75,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             pytest.skip(reason)
         from pytest_kind import KindCluster
 
-        kind = KindCluster("webhook-operator-test")
+        # The CRDs use selectableFields (Kubernetes >= 1.31); pin a node image new enough.
+        kind = KindCluster(KIND_CLUSTER_NAME, image=KIND_NODE_IMAGE)
         kind.create()
         try:
             _install_crds(Path(kind.kubeconfig_path))

@@ -1,0 +1,192 @@
+"""The operator as users install it (Docker image, Helm chart) on kind, delivering to an HTTPS Service in-cluster."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, KubectlFn
+from tests.e2e.kind_helpers import (
+    METRICS_PORT,
+    METRICS_SERVICE,
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    InClusterReceiver,
+    http_get,
+    port_forward,
+    printed_columns,
+)
+from tests.support.kube_helpers import (
+    Manifest,
+    apply,
+    condition,
+    create,
+    event_manifest,
+    metric_samples,
+    metric_value,
+    signing_keys,
+    verify_signatures,
+    wait_event_final,
+    wait_for_object,
+    wait_ready,
+    wait_until,
+    webhook_manifest,
+)
+from tests.unit.test_argocd_health import WEBHOOK_LUA, run_health
+
+# The first test also waits for the kind cluster, the image build and the Helm release.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+
+EXAMPLES = ROOT / "examples"
+
+
+def example(relative: str) -> Manifest:
+    """An object from examples/, without its namespace so that it lands in the test's own."""
+    manifest: Manifest = yaml.safe_load((EXAMPLES / relative).read_text())
+    manifest["metadata"].pop("namespace", None)
+    return manifest
+
+
+def operator_pod(kubectl: KubectlFn) -> Manifest:
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    pods: list[Manifest] = json.loads(
+        kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-l", selector, "-o", "json").stdout
+    )["items"]
+    assert len(pods) == 1, f"the chart runs exactly one operator pod, found {[p['metadata']['name'] for p in pods]}"
+    return pods[0]
+
+
+def scrape_operator(kube_env: dict[str, str]) -> str:
+    """/metrics as Prometheus would scrape it: through the chart's metrics Service."""
+    with port_forward(kube_env, OPERATOR_NAMESPACE, f"svc/{METRICS_SERVICE}", METRICS_PORT) as local_port:
+        return http_get(f"http://127.0.0.1:{local_port}/metrics")
+
+
+def deliveries_total(metrics: str, namespace: str, webhook: str, outcome: str) -> float:
+    """webhook_operator_deliveries_total of one webhook, summed over its events."""
+    return sum(
+        value
+        for labels, value in metric_samples(metrics, "webhook_operator_deliveries_total")
+        if labels.get("namespace") == namespace
+        and labels.get("webhook") == webhook
+        and labels.get("outcome") == outcome
+    )
+
+
+def wait_for_health(kubectl: KubectlFn, namespace: str, webhook: str, requests: int) -> Manifest:
+    """The Webhook once its health window counts ``requests`` and its Healthy condition reflects them."""
+
+    def counted(obj: Manifest) -> bool:
+        healthy = condition(obj, "Healthy")
+        health: dict[str, Any] = (obj.get("status") or {}).get("health") or {}
+        return health.get("requests") == requests and healthy is not None and healthy.get("status") != "Unknown"
+
+    return wait_for_object(
+        kubectl, namespace, f"webhook/{webhook}", counted, timeout=60, what=f"health to count {requests} requests"
+    )
+
+
+def test_chart_runs_one_ready_operator_pod_from_the_built_image(kubectl: KubectlFn, operator_release: str) -> None:
+    pod = operator_pod(kubectl)
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == "webhook-operator:e2e"
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", pod["status"]
+    [container_status] = pod["status"]["containerStatuses"]
+    assert container_status["restartCount"] == 0, "the operator restarted; see `kubectl logs --previous`"
+
+
+def test_metrics_are_served_through_the_metrics_service(kube_env: dict[str, str], operator_release: str) -> None:
+    metrics = scrape_operator(kube_env)
+    assert "# TYPE webhook_operator_deliveries_total counter" in metrics
+    assert "# TYPE webhook_operator_delivery_duration_seconds histogram" in metrics
+
+
+def test_example_events_reach_the_in_cluster_receiver_signed_and_the_webhook_turns_healthy(
+    kubectl: KubectlFn, kube_env: dict[str, str], namespace: str, cluster_receiver: InClusterReceiver
+) -> None:
+    # The example Webhook as a GitOps repository holds it, pointed at the receiver Service.
+    hook = example("webhooks/billing-sync.yaml")
+    hook["spec"]["url"] = cluster_receiver.url(f"/{namespace}/identity")
+    apply(kubectl, namespace, hook)
+    wait_ready(kubectl, namespace, "billing-sync", timeout=60)
+
+    names = [create(kubectl, namespace, example(f"events/{path.name}")) for path in sorted(EXAMPLES.glob("events/*"))]
+    assert len(names) == 2, "examples/events/ holds a User.Created and an Organization.* event"
+    events = [wait_event_final(kubectl, namespace, name, timeout=60) for name in names]
+    for event in events:
+        assert event["status"]["phase"] == "Delivered", event["status"]
+        [delivery] = event["status"]["deliveries"]
+        assert (delivery["webhook"], delivery["outcome"], delivery["statusCode"], delivery["attempts"]) == (
+            "billing-sync",
+            "Succeeded",
+            200,
+            1,
+        )
+
+    requests = cluster_receiver.wait_for(len(events), f"/{namespace}/")
+    assert len(requests) == len(events), "one POST per event, no duplicates"
+    signing_key, standard_secret = signing_keys(kubectl, namespace, "billing-sync")
+    by_event_id: dict[str, tuple[Manifest, dict[str, str]]] = {}
+    for request in requests:
+        verify_signatures(request.body, request.headers, signing_key, standard_secret)
+        assert request.headers["x-team"] == "billing"
+        assert request.headers["content-type"] == "application/json"
+        body = request.json()
+        assert body["hookId"] == f"{namespace}/billing-sync"
+        by_event_id[body["eventId"]] = (body, request.headers)
+    for event in events:
+        body, headers = by_event_id[event["metadata"]["uid"]]
+        assert (body["event"], body["data"]) == (event["spec"]["event"], event["spec"]["data"])
+        assert headers["webhook-id"] == event["status"]["deliveries"][0]["id"]
+
+    webhook = wait_for_health(kubectl, namespace, "billing-sync", requests=2)
+    health = webhook["status"]["health"]
+    assert (health["succeeded"], health["failed"], health["successRate"], health["state"]) == (
+        2,
+        0,
+        "100.00%",
+        "Healthy",
+    )
+    columns = printed_columns(kubectl("get", "webhook", "billing-sync", "-n", namespace).stdout)
+    assert {k: columns[k] for k in ("HEALTH", "SUCCESS", "REQUESTS", "READY")} == {
+        "HEALTH": "Healthy",
+        "SUCCESS": "100.00%",
+        "REQUESTS": "2",
+        "READY": "True",
+    }
+    assert run_health(WEBHOOK_LUA, webhook) == {"status": "Healthy", "message": "100.00% of 2 requests in 24h"}
+
+    def scraped_both() -> str | None:
+        metrics = scrape_operator(kube_env)
+        return metrics if deliveries_total(metrics, namespace, "billing-sync", "success") == 2 else None
+
+    metrics = wait_until(scraped_both, timeout=30, interval=1, what="deliveries_total to count both deliveries")
+    assert metric_value(metrics, "webhook_operator_webhook_ready", namespace=namespace, webhook="billing-sync") == 1
+
+
+def test_503_twice_then_200_in_cluster_is_one_delivery_with_three_attempts(
+    kubectl: KubectlFn, namespace: str, cluster_receiver: InClusterReceiver
+) -> None:
+    # The receiver answers 503 to the first two POSTs to a URL with ?fail=2.
+    apply(kubectl, namespace, webhook_manifest("flaky", cluster_receiver.url(f"/{namespace}/flaky?fail=2")))
+    wait_ready(kubectl, namespace, "flaky", timeout=60)
+
+    name = create(kubectl, namespace, event_manifest("User.Created", {"id": "u_503"}))
+    event = wait_event_final(kubectl, namespace, name, timeout=60)
+    assert event["status"]["phase"] == "Delivered", event["status"]
+    [delivery] = event["status"]["deliveries"]
+    assert (delivery["outcome"], delivery["attempts"], delivery["statusCode"]) == ("Succeeded", 3, 200)
+
+    requests = cluster_receiver.received(f"/{namespace}/")
+    assert len(requests) == 3
+    assert {r.headers["webhook-id"] for r in requests} == {delivery["id"]}, "retries keep the webhook-id"
+    signing_key, standard_secret = signing_keys(kubectl, namespace, "flaky")
+    for request in requests:
+        verify_signatures(request.body, request.headers, signing_key, standard_secret)
+
+    health = wait_for_health(kubectl, namespace, "flaky", requests=1)["status"]["health"]
+    assert (health["requests"], health["succeeded"]) == (1, 1), "a delivery and its retries count once"
