@@ -59,7 +59,7 @@ class Receiver:
                     self.send_header("content-length", str(len(reply.body)))
                     self.end_headers()
                     self.wfile.write(reply.body)
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
                     pass  # the client gave up (a timeout test)
 
             def log_message(self, format: str, *args: object) -> None:

@@ -88,7 +88,7 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
             except httpcore.ConnectTimeout:
                 raise
             except httpcore.ConnectError as exc:
-                errors.append(f"{address}: {exc}")
+                errors.append(f"{address}: {_dial_failure(exc)}")
         raise httpcore.ConnectError(f"cannot connect to {host} port {port}: " + "; ".join(errors))
 
     async def connect_unix_socket(
@@ -101,6 +101,18 @@ class GuardedNetworkBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
+
+
+def _dial_failure(exc: BaseException) -> str:
+    """Why one dial failed: anyio reports "All connection attempts failed" and keeps the reason as the cause."""
+    cause: BaseException | None = exc
+    innermost = exc
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        innermost = cause
+        cause = cause.__cause__
+    return str(innermost) or str(exc)
 
 
 class GuardedTransport(httpx.AsyncHTTPTransport):

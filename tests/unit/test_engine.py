@@ -1,0 +1,373 @@
+"""The pure parts of the delivery engine (folding attempts into status entries, resuming and redelivering
+events) and one attempt against a real HTTPS server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks import Webhook as StandardWebhook
+
+from tests.support.receiver import Receiver, Reply
+from webhook_operator.delivery.attempt import RESPONSE_BODY_LIMIT, AttemptResult, send
+from webhook_operator.delivery.engine import DeliveryEngine, format_time_precise
+from webhook_operator.delivery.transport import make_client
+from webhook_operator.index import WebhookIndex, WebhookState
+from webhook_operator.kube import Credentials, KubeClient
+from webhook_operator.metrics import Metrics
+from webhook_operator.model import REDELIVER_ANNOTATION, WebhookSpec, now, parse_time
+from webhook_operator.policy import DestinationPolicy
+from webhook_operator.retry import FAILURE_BLOCKED, FAILURE_ERROR, FAILURE_TIMEOUT, RetryPolicy
+from webhook_operator.settings import Settings
+from webhook_operator.signing import logto_signature, standard_webhooks_secret
+
+KEY = "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6"
+OLD_KEY = "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4"
+USER_AGENT = "webhook-operator/0.0.0-test"
+LOOPBACK = DestinationPolicy.from_strings(["127.0.0.0/8"])
+BODY = (
+    b'{"hookId":"shop/hook","event":"User.Created","createdAt":"2026-11-28T03:00:00.000Z","eventId":"e1","data":null}'
+)
+
+
+def webhook(
+    url: str = "https://127.0.0.1:1/hook",
+    *,
+    retry: RetryPolicy | None = None,
+    keys: tuple[str, ...] = (KEY,),
+    headers: tuple[tuple[str, str], ...] = (),
+) -> WebhookState:
+    return WebhookState(
+        namespace="shop",
+        name="hook",
+        uid="w-uid",
+        generation=1,
+        spec=WebhookSpec(url=url, events=("User.Created",), retry=retry or RetryPolicy(max_retries=2)),
+        body={},
+        ready=True,
+        keys=keys,
+        headers=headers,
+    )
+
+
+def result(
+    status: int | None = 200,
+    *,
+    failure: str | None = None,
+    error: str = "",
+    body: str = "ok",
+    retry_after: float | None = None,
+) -> AttemptResult:
+    return AttemptResult(status, failure, error, 0.0421, body, retry_after)
+
+
+def seconds_until(stamp: str) -> float:
+    due = parse_time(stamp)
+    assert due is not None
+    return (due - now()).total_seconds()
+
+
+# -- folding one attempt into the delivery entry -------------------------------------------------
+def test_success_is_final_and_records_the_response() -> None:
+    entry: dict[str, Any] = {"webhook": "hook", "id": "msg_1", "outcome": "Pending", "attempts": 0}
+
+    final = DeliveryEngine._apply(entry, result(200, body="thanks"), webhook())
+
+    assert final is True
+    assert entry["outcome"] == "Succeeded" and entry["attempts"] == 1
+    assert entry["statusCode"] == 200 and entry["error"] == "" and entry["responseBody"] == "thanks"
+    assert entry["durationMs"] == 42
+    assert entry["firstAttemptTime"] == entry["lastAttemptTime"]
+    assert "nextAttemptTime" not in entry
+    assert entry["id"] == "msg_1"
+
+
+def test_retryable_failure_with_attempts_left_is_retrying_with_a_due_time() -> None:
+    entry: dict[str, Any] = {"webhook": "hook", "id": "msg_1", "attempts": 0}
+    state = webhook(retry=RetryPolicy(max_retries=2, backoff_seconds=10, max_backoff_seconds=60))
+
+    final = DeliveryEngine._apply(entry, result(503, error="HTTP 503"), state)
+
+    assert final is False
+    assert entry["outcome"] == "Retrying" and entry["attempts"] == 1 and entry["statusCode"] == 503
+    # Equal jitter: between half and all of the 10 s first step.
+    assert 4.5 <= seconds_until(entry["nextAttemptTime"]) <= 10.1
+
+
+def test_the_last_allowed_attempt_is_final_failed() -> None:
+    entry: dict[str, Any] = {"webhook": "hook", "id": "msg_1", "outcome": "Retrying", "attempts": 2}
+    entry["nextAttemptTime"] = format_time_precise(0)
+
+    final = DeliveryEngine._apply(entry, result(500, error="HTTP 500"), webhook(retry=RetryPolicy(max_retries=2)))
+
+    assert final is True
+    assert entry["outcome"] == "Failed" and entry["attempts"] == 3 and entry["error"] == "HTTP 500"
+    assert "nextAttemptTime" not in entry
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 302])
+def test_client_errors_and_redirects_fail_at_once(status: int) -> None:
+    entry: dict[str, Any] = {"webhook": "hook", "id": "msg_1", "attempts": 0}
+
+    assert DeliveryEngine._apply(entry, result(status, error=f"HTTP {status}"), webhook()) is True
+    assert entry["outcome"] == "Failed" and entry["attempts"] == 1
+
+
+def test_blocked_destination_is_not_retried() -> None:
+    entry: dict[str, Any] = {"webhook": "hook", "id": "msg_1", "attempts": 0}
+    blocked = result(None, failure=FAILURE_BLOCKED, error="blocked destination: ...", body="")
+
+    assert DeliveryEngine._apply(entry, blocked, webhook()) is True
+    assert entry["outcome"] == "Failed" and "statusCode" not in entry
+
+
+def test_timeout_is_retried_and_drops_the_previous_status_code() -> None:
+    entry: dict[str, Any] = {"webhook": "hook", "id": "msg_1", "attempts": 1, "statusCode": 503}
+
+    final = DeliveryEngine._apply(entry, result(None, failure=FAILURE_TIMEOUT, error="timeout after 1s"), webhook())
+
+    assert final is False
+    assert entry["outcome"] == "Retrying" and entry["error"] == "timeout after 1s"
+    assert "statusCode" not in entry
+
+
+def test_first_attempt_time_is_kept_across_attempts() -> None:
+    entry: dict[str, Any] = {
+        "webhook": "hook",
+        "id": "msg_1",
+        "attempts": 1,
+        "firstAttemptTime": "2026-01-01T00:00:00Z",
+    }
+
+    DeliveryEngine._apply(entry, result(None, failure=FAILURE_ERROR, error="connection refused"), webhook())
+
+    assert entry["firstAttemptTime"] == "2026-01-01T00:00:00Z"
+    assert entry["lastAttemptTime"] > entry["firstAttemptTime"]
+
+
+def test_retry_after_lengthens_the_wait() -> None:
+    entry: dict[str, Any] = {"webhook": "hook", "id": "msg_1", "attempts": 0}
+    state = webhook(retry=RetryPolicy(max_retries=3, backoff_seconds=0.1, max_backoff_seconds=60))
+
+    DeliveryEngine._apply(entry, result(429, error="HTTP 429", retry_after=30), state)
+
+    assert 29 <= seconds_until(entry["nextAttemptTime"]) <= 30.1
+
+
+def test_retry_after_is_capped_at_max_backoff() -> None:
+    entry: dict[str, Any] = {"webhook": "hook", "id": "msg_1", "attempts": 0}
+    state = webhook(retry=RetryPolicy(max_retries=3, backoff_seconds=0.1, max_backoff_seconds=5))
+
+    DeliveryEngine._apply(entry, result(503, error="HTTP 503", retry_after=3600), state)
+
+    assert seconds_until(entry["nextAttemptTime"]) <= 5.1
+
+
+def test_due_times_keep_milliseconds_so_short_backoffs_survive_a_restart() -> None:
+    stamp = format_time_precise(0.25)
+
+    assert stamp.endswith("Z") and len(stamp.split(".")[1]) == 4
+    assert 0.1 <= seconds_until(stamp) <= 0.26
+
+
+# -- resuming and redelivering events -----------------------------------------------------------
+@pytest.fixture
+async def engine() -> AsyncIterator[DeliveryEngine]:
+    """An engine whose API and HTTP clients are never used by the code under test."""
+    credentials = Credentials("https://127.0.0.1:1", None, True, None, None, None, None, None)
+    kube = KubeClient(credentials)
+    client = make_client(policy=LOOPBACK, user_agent=USER_AGENT)
+    yield DeliveryEngine(Settings(), kube, WebhookIndex(), Metrics(), client, lambda *_: None)
+    await client.aclose()
+    await kube.close()
+
+
+def event_body(status: dict[str, Any] | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "namespace": "shop",
+            "name": "user-created-x7",
+            "uid": "0b6f0c3e-4a8e-4d55-9a59-3f5a1f0e2c11",
+            "creationTimestamp": "2026-11-28T03:00:00Z",
+            "annotations": annotations or {},
+        },
+        "spec": {"event": "User.Created", "data": {"id": "u1"}},
+        "status": status or {},
+    }
+
+
+FAILED = {
+    "webhook": "bad",
+    "id": "msg_bad",
+    "outcome": "Failed",
+    "attempts": 4,
+    "statusCode": 500,
+    "error": "HTTP 500",
+    "responseBody": "broken",
+    "durationMs": 12,
+    "firstAttemptTime": "2026-11-28T03:00:00Z",
+    "lastAttemptTime": "2026-11-28T03:00:07Z",
+}
+SUCCEEDED = {"webhook": "good", "id": "msg_good", "outcome": "Succeeded", "attempts": 1, "statusCode": 200}
+
+
+async def test_a_new_event_becomes_a_job_with_the_contract_created_at(engine: DeliveryEngine) -> None:
+    job = engine._job_from(event_body())
+
+    assert job.created_at == "2026-11-28T03:00:00.000Z"
+    assert (job.event, job.data, job.uid) == ("User.Created", {"id": "u1"}, "0b6f0c3e-4a8e-4d55-9a59-3f5a1f0e2c11")
+    assert job.deliveries == [] and job.redelivery is None
+
+
+async def test_a_resumed_event_keeps_its_recorded_entries(engine: DeliveryEngine) -> None:
+    retrying = {**FAILED, "outcome": "Retrying", "attempts": 1, "nextAttemptTime": "2026-11-28T03:00:01.500Z"}
+
+    job = engine._job_from(event_body({"phase": "Delivering", "deliveries": [retrying, SUCCEEDED]}))
+
+    assert job.deliveries == [retrying, SUCCEEDED]
+
+
+async def test_redelivery_starts_failed_entries_over_and_leaves_succeeded_ones(engine: DeliveryEngine) -> None:
+    body = event_body({"phase": "PartiallyFailed", "deliveries": [FAILED, SUCCEEDED]})
+
+    job = engine._job_from(body, redeliver="r1")
+
+    bad, good = job.deliveries
+    assert bad == {"webhook": "bad", "id": "msg_bad", "outcome": "Pending", "attempts": 0}
+    assert good == SUCCEEDED
+    assert job.redelivery is not None and job.redelivery["requestedAt"] == "r1" and job.redelivery["startedAt"]
+    assert FAILED["attempts"] == 4, "the body read from the API must not be changed"
+
+
+async def test_a_final_event_whose_redelivery_was_handled_starts_nothing(engine: DeliveryEngine) -> None:
+    status = {"phase": "Failed", "deliveries": [FAILED], "redelivery": {"requestedAt": "r1"}}
+
+    await engine.on_event("MODIFIED", event_body(status, {REDELIVER_ANNOTATION: "r1"}))
+    await engine.on_event("MODIFIED", event_body({"phase": "Delivered", "deliveries": [SUCCEEDED]}))
+
+    assert engine.active_jobs == 0
+
+
+async def test_completed_events_seen_at_startup_are_queued_for_expiry(engine: DeliveryEngine) -> None:
+    status = {"phase": "Delivered", "deliveries": [SUCCEEDED], "completionTime": "2026-11-28T03:00:09Z"}
+
+    await engine.on_event(None, event_body(status))
+
+    (deadline, uid, namespace, name) = engine._expiry[0]
+    completed = dt.datetime(2026, 11, 28, 3, 0, 9, tzinfo=dt.UTC).timestamp()
+    assert deadline == completed + Settings().event_ttl_s
+    assert (uid, namespace, name) == ("0b6f0c3e-4a8e-4d55-9a59-3f5a1f0e2c11", "shop", "user-created-x7")
+
+
+# -- one attempt against a real HTTPS server -----------------------------------------------------
+@pytest.fixture
+async def client(ca_bundle: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_client(policy=LOOPBACK, ca_bundle=str(ca_bundle), user_agent=USER_AGENT) as client:
+        yield client
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_2xx_attempt_sends_signed_headers_and_reads_the_response(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    receiver.script("/hook", Reply(202, b"queued"))
+    state = webhook(receiver.url("/hook"), headers=(("X-Team", "billing"),))
+
+    outcome = await send(client, state, BODY, "msg_1", timeout_s=5)
+
+    assert outcome.succeeded and outcome.status_code == 202 and outcome.failure is None
+    assert (outcome.error, outcome.response_body) == ("", "queued")
+    assert 0 < outcome.duration_s < 5
+    (request,) = receiver.received("/hook")
+    assert request.body == BODY
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["user-agent"] == USER_AGENT
+    assert request.headers["x-team"] == "billing"
+    assert request.headers["webhook-id"] == "msg_1"
+    assert request.headers["logto-signature-sha-256"] == logto_signature(KEY, BODY)
+    assert StandardWebhook(standard_webhooks_secret(KEY)).verify(request.body, request.headers) == json.loads(BODY)
+
+
+async def test_during_a_key_rotation_both_keys_sign(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    state = webhook(receiver.url("/hook"), keys=(KEY, OLD_KEY))
+
+    await send(client, state, BODY, "msg_1", timeout_s=5)
+
+    (request,) = receiver.received("/hook")
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for key in (KEY, OLD_KEY):
+        StandardWebhook(standard_webhooks_secret(key)).verify(request.body, request.headers)
+    assert request.headers["logto-signature-sha-256"] == logto_signature(KEY, BODY)
+
+
+async def test_a_503_reports_the_code_and_retry_after(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    receiver.script("/hook", Reply(503, b"busy", {"Retry-After": "7"}))
+
+    outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
+
+    assert not outcome.succeeded
+    assert (outcome.status_code, outcome.error, outcome.retry_after, outcome.response_body) == (
+        503,
+        "HTTP 503",
+        7.0,
+        "busy",
+    )
+
+
+async def test_a_redirect_is_reported_and_not_followed(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    receiver.script("/hook", Reply(302, b"", {"Location": receiver.url("/elsewhere")}))
+
+    outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
+
+    assert outcome.status_code == 302 and "redirects are not followed" in outcome.error
+    assert receiver.received("/elsewhere") == []
+
+
+async def test_only_the_first_kib_of_the_response_is_kept(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    receiver.script("/hook", Reply(200, b"x" * 10_000))
+
+    outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
+
+    assert outcome.response_body == "x" * RESPONSE_BODY_LIMIT and RESPONSE_BODY_LIMIT == 1024
+
+
+async def test_a_slow_endpoint_is_a_timeout(client: httpx.AsyncClient, receiver: Receiver) -> None:
+    receiver.script("/hook", Reply(200, delay_s=2))
+
+    outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=0.5)
+
+    assert (outcome.status_code, outcome.failure, outcome.error) == (None, FAILURE_TIMEOUT, "timeout after 0.5s")
+    assert 0.4 <= outcome.duration_s < 1.9
+
+
+async def test_a_closed_port_is_connection_refused(client: httpx.AsyncClient) -> None:
+    outcome = await send(client, webhook(f"https://127.0.0.1:{closed_port()}/hook"), BODY, "msg_1", timeout_s=5)
+
+    assert (outcome.status_code, outcome.failure, outcome.error) == (None, FAILURE_ERROR, "connection refused")
+
+
+async def test_a_blocked_destination_is_never_dialled(ca_bundle: Path, receiver: Receiver) -> None:
+    async with make_client(policy=DestinationPolicy(), ca_bundle=str(ca_bundle), user_agent=USER_AGENT) as strict:
+        outcome = await send(strict, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
+
+    assert outcome.failure == FAILURE_BLOCKED and outcome.error.startswith("blocked destination")
+    assert receiver.received() == []
+
+
+async def test_an_untrusted_certificate_is_a_tls_error(receiver: Receiver) -> None:
+    async with make_client(policy=LOOPBACK, user_agent=USER_AGENT) as no_test_ca:
+        outcome = await send(no_test_ca, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
+
+    assert outcome.failure == FAILURE_ERROR and outcome.error.startswith("TLS error")
+    assert receiver.received() == []
