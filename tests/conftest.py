@@ -85,20 +85,21 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             kind.delete()
         return
     # A state folder of its own, so a developer's `make dev` cluster is never touched. Concurrent
-    # pytest runs share it: each holds a shared lock, and the last one out stops it.
+    # pytest runs share it: starting is serialised by one lock, every run holds a shared lock on
+    # another while it uses the cluster, and the last one out stops it.
     plane = ControlPlane(ROOT / ".cluster-test")
-    lock_path = ROOT / ".cluster-test.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        plane.up()
-        _install_crds(plane.kubeconfig)
-        fcntl.flock(lock, fcntl.LOCK_SH)
+    with open(ROOT / ".cluster-test.lock", "w") as users:
+        with open(ROOT / ".cluster-test.start.lock", "w") as starting:
+            fcntl.flock(starting, fcntl.LOCK_EX)
+            fcntl.flock(users, fcntl.LOCK_SH)
+            plane.up()
+            _install_crds(plane.kubeconfig)
         try:
             yield Cluster("local", plane.kubeconfig)
         finally:
             if not os.environ.get("WEBHOOK_OPERATOR_KEEP_TEST_CLUSTER"):
                 try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     pass  # another run still uses it
                 else:

@@ -97,9 +97,11 @@ class HealthWindow:
 
     def summary(self, now: dt.datetime) -> HealthSummary:
         # The window is the current bucket plus the 96 before it: 24h at 15-minute resolution.
-        oldest = _bucket_start(now) - WINDOW_S + BUCKET_S
-        ok = sum(c[0] for s, c in self.buckets.items() if s >= oldest)
-        bad = sum(c[1] for s, c in self.buckets.items() if s >= oldest)
+        newest = _bucket_start(now)
+        oldest = newest - WINDOW_S + BUCKET_S
+        # Buckets from the future (clock skew, a hand-edited status) are not counted.
+        ok = sum(c[0] for s, c in self.buckets.items() if oldest <= s <= newest)
+        bad = sum(c[1] for s, c in self.buckets.items() if oldest <= s <= newest)
         return HealthSummary(requests=ok + bad, succeeded=ok, failed=bad)
 
     def to_status(self, now: dt.datetime) -> dict[str, Any]:
@@ -125,7 +127,8 @@ class HealthWindow:
         window = cls()
         if not isinstance(health, dict):
             return window
-        for item in health.get("buckets") or ():
+        items = health.get("buckets")
+        for item in items if isinstance(items, list) else ():
             try:
                 start, ok, bad = (int(part) for part in str(item).split(":"))
             except ValueError:

@@ -204,6 +204,12 @@ async def resolve_headers(
                 "The webhook becomes Ready as soon as it exists.",
             )
         value = _decode(secret.get("data"), ref.key)
+        if value is None and ref.key in (secret.get("data") or {}):
+            return (), Problem(
+                "InvalidHeaderValue",
+                f"{field}: the value in Secret {namespace}/{ref.name} key {ref.key!r} is not valid UTF-8 text; "
+                "store the header value as plain text.",
+            )
         if value is None:
             return (), Problem(
                 "HeaderSecretKeyMissing",

@@ -203,8 +203,6 @@ class WebhookController:
             "health": state.health.to_status(current),
         }
         if rotation:
-            if keys.previous_expires_at is None and "previousKeyExpiresAt" in rotation and "rotatedAt" in rotation:
-                rotation = {k: v for k, v in rotation.items() if k != "previousKeyExpiresAt"}
             desired["keyRotation"] = rotation
         await self._write_status(state, status, desired)
         if keys.previous_expires_at is not None:
