@@ -23,9 +23,11 @@ def run(settings: Settings) -> int:
         log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL,
     )
     logging.getLogger().setLevel(settings.log_level)
+    # httpx logs every request with its full URL, at any level: a receiver URL's path or query
+    # often carries a token, and URLs must stay out of the logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if settings.log_level != "DEBUG":
-        # One line per API call or per handled watch event drowns what matters.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        # One line per handled watch event drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     asyncio.run(
         kopf.operator(
