@@ -371,3 +371,15 @@ async def test_an_untrusted_certificate_is_a_tls_error(receiver: Receiver) -> No
 
     assert outcome.failure == FAILURE_ERROR and outcome.error.startswith("TLS error")
     assert receiver.received() == []
+
+
+async def test_a_stale_watch_event_does_not_restart_an_event_that_just_finished(engine: DeliveryEngine) -> None:
+    job = engine._job_from(event_body())
+    job.resource_version = 120
+    engine._remember_finished(job)
+    stale = event_body({"phase": "Delivering", "deliveries": [dict(SUCCEEDED, outcome="Retrying")]})
+    stale["metadata"]["resourceVersion"] = "119"
+    await engine.on_event("MODIFIED", stale)
+    assert engine.active_jobs == 0, "a status older than our last write must not start a job"
+    assert not engine._is_stale(job.uid, "121")
+    assert not engine._is_stale("another-uid", "1")

@@ -11,7 +11,9 @@ import asyncio
 import datetime as dt
 import heapq
 import logging
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,7 @@ from webhook_operator.status import delivered_summary, event_phase
 
 log = logging.getLogger(__name__)
 WRITE_RETRY_S = (0.5, 1, 2, 5, 10, 30)
+FINISHED_MEMORY_S = 300.0
 SAMPLE_DATA = {"id": "sample_0001", "sample": True}
 
 DeliveryCallback = Callable[[WebhookState, bool, int | None], None]
@@ -64,6 +67,7 @@ class EventJob:
     next_redelivery: str | None = None
     written: dict[str, Any] | None = None  # the last status written, to skip identical writes
     completion_time: str | None = None
+    resource_version: int | None = None  # of the last status write
 
 
 class DeliveryEngine:
@@ -84,6 +88,9 @@ class DeliveryEngine:
         self.on_delivery_final = on_delivery_final
         self._global = asyncio.Semaphore(settings.max_concurrency)
         self._jobs: dict[str, EventJob] = {}
+        # uid -> (resourceVersion of our last write, when): a watch event older than what we wrote
+        # last is stale, and must not restart an event that just finished.
+        self._finished: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: list[tuple[float, str, str, str]] = []  # (deadline, uid, namespace, name)
         self._expiry_changed = asyncio.Event()
@@ -97,6 +104,8 @@ class DeliveryEngine:
             job = self._jobs.get(uid)
             if job:
                 job.gone = True
+            return
+        if self._is_stale(uid, meta.get("resourceVersion")):
             return
         status = body.get("status") or {}
         redeliver = (meta.get("annotations") or {}).get(REDELIVER_ANNOTATION)
@@ -113,6 +122,24 @@ class DeliveryEngine:
                 self._expire_later(body)
             return
         self._start(self._job_from(body))
+
+    def _is_stale(self, uid: str, resource_version: Any) -> bool:
+        written = self._finished.get(uid)
+        if written is None:
+            return False
+        try:
+            return int(resource_version) < written[0]
+        except (TypeError, ValueError):
+            return False
+
+    def _remember_finished(self, job: EventJob) -> None:
+        if job.resource_version is None:
+            return
+        clock = time.monotonic()
+        self._finished[job.uid] = (job.resource_version, clock)
+        self._finished.move_to_end(job.uid)
+        while self._finished and next(iter(self._finished.values()))[1] < clock - FINISHED_MEMORY_S:
+            self._finished.popitem(last=False)
 
     def _job_from(self, body: dict[str, Any], *, redeliver: str | None = None) -> EventJob:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
@@ -170,6 +197,7 @@ class DeliveryEngine:
             log.exception("delivering event %s/%s failed unexpectedly", job.namespace, job.name)
         finally:
             self._jobs.pop(job.uid, None)
+            self._remember_finished(job)
             if job.next_redelivery and not job.gone:
                 fresh_body = await self._read(job)
                 if fresh_body is not None:
@@ -294,8 +322,12 @@ class DeliveryEngine:
                 return
             for delay in (*WRITE_RETRY_S, None):
                 try:
-                    await self.kube.merge_patch(event_path(job.namespace, job.name, "status"), {"status": status})
+                    result = await self.kube.merge_patch(
+                        event_path(job.namespace, job.name, "status"), {"status": status}
+                    )
                     self.status_writes += 1
+                    version = str((result.get("metadata") or {}).get("resourceVersion", ""))
+                    job.resource_version = int(version) if version.isdigit() else None
                     job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
                     break
                 except ApiError as exc:
