@@ -14,6 +14,7 @@ help:
 
 install:
 	$(PYTHON) -m pip install -q -e ".[test,dev]"
+	@if command -v pyenv >/dev/null; then pyenv rehash; fi
 
 binaries:
 	$(PYTHON) -m webhook_operator.cli binaries
