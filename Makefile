@@ -12,9 +12,12 @@ help:
 	@echo "make cluster-down  stop it and remove its state"
 	@echo "make bench         benchmarks (not part of make test)"
 
-install:
-	$(PYTHON) -m pip install -q -e ".[test,dev]"
+# Reinstalled only when pyproject.toml changes.
+install: .make/installed
+.make/installed: pyproject.toml
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[test,dev]"
 	@if command -v pyenv >/dev/null; then pyenv rehash; fi
+	@mkdir -p .make && touch $@
 
 binaries:
 	$(PYTHON) -m webhook_operator.cli binaries
@@ -25,7 +28,7 @@ cluster:
 cluster-down:
 	$(PYTHON) -m webhook_operator.cli cluster down
 
-dev:
+dev: install
 	$(PYTHON) -m webhook_operator.cli dev
 
 lint:
@@ -41,7 +44,7 @@ integration:
 e2e:
 	$(PYTHON) -m pytest tests/e2e -q -ra --cluster=kind $(PYTEST_ARGS)
 
-test: lint
+test: install lint
 	$(PYTHON) -m pytest tests -q -ra $(PYTEST_ARGS)
 
 bench:
