@@ -232,7 +232,8 @@ def test_a_first_attempt_success_costs_one_status_write_per_event(
     def all_final() -> list[Manifest] | None:
         items = json.loads(kubectl("get", "webhookevents", "-n", namespace, "-o", "json").stdout)["items"]
         ours = [i for i in items if i["spec"]["event"] == "User.Created"]
-        return ours if len(ours) == BURST and all((i.get("status") or {}).get("phase") in FINAL_PHASES for i in ours) else None
+        done = all((i.get("status") or {}).get("phase") in FINAL_PHASES for i in ours)
+        return ours if len(ours) == BURST and done else None
 
     events = wait_until(all_final, timeout=60, what=f"all {BURST} events to be final")
     after = apiserver_requests(kubectl)

@@ -42,6 +42,8 @@ from webhook_operator.status import delivered_summary, event_phase
 log = logging.getLogger(__name__)
 WRITE_RETRY_S = (0.5, 1, 2, 5, 10, 30)
 FINISHED_MEMORY_S = 300.0
+# Deletions of expired events in flight at once: one at a time falls behind the rate events complete at.
+EXPIRY_CONCURRENCY = 10
 SAMPLE_DATA = {"id": "sample_0001", "sample": True}
 
 DeliveryCallback = Callable[[WebhookState, bool, int | None], None]
@@ -94,6 +96,7 @@ class DeliveryEngine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: list[tuple[float, str, str, str]] = []  # (deadline, uid, namespace, name)
         self._expiry_changed = asyncio.Event()
+        self._deleting = asyncio.Semaphore(EXPIRY_CONCURRENCY)
         self.status_writes = 0
 
     # -- watch entry point --------------------------------------------------------------
@@ -405,11 +408,19 @@ class DeliveryEngine:
             _, uid, namespace, name = heapq.heappop(self._expiry)
             if uid in self._jobs:
                 continue  # redelivered meanwhile; it is queued again when it completes
-            try:
-                await self.kube.delete(event_path(namespace, name), uid=uid)
-            except (ApiError, OSError) as exc:
-                log.warning("deleting expired event %s/%s failed, retrying later: %s", namespace, name, exc)
-                self._push_expiry(now().timestamp() + 30, uid, namespace, name)
+            await self._deleting.acquire()
+            task = asyncio.ensure_future(self._delete_expired(uid, namespace, name))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _delete_expired(self, uid: str, namespace: str, name: str) -> None:
+        try:
+            await self.kube.delete(event_path(namespace, name), uid=uid)
+        except (ApiError, OSError) as exc:
+            log.warning("deleting expired event %s/%s failed, retrying later: %s", namespace, name, exc)
+            self._push_expiry(now().timestamp() + 30, uid, namespace, name)
+        finally:
+            self._deleting.release()
 
     # -- introspection ------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import ssl
+import time
 from collections.abc import Iterable
 
 import anyio
@@ -27,6 +28,8 @@ from webhook_operator.policy import (
 DEFAULT_TIMEOUT_SECONDS = 10.0
 # Longer than the usual 5 s so steady traffic reuses connections, shorter than common server idle timeouts.
 KEEPALIVE_EXPIRY_SECONDS = 15.0
+# How often idle connections the pool is not about to reuse are probed for expiry or a server-side close.
+IDLE_SWEEP_SECONDS = 1.0
 
 
 class BlockedDestinationError(httpx.TransportError):
@@ -115,20 +118,82 @@ def _dial_failure(exc: BaseException) -> str:
     return str(innermost) or str(exc)
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's transport with a connection pool that connects through GuardedNetworkBackend.
+class LinearConnectionPool(httpcore.AsyncConnectionPool):
+    """httpcore's pool with a request-to-connection pass that does not grow with the square of its connections.
 
-    httpx has no parameter for httpcore's `network_backend`, so the pool httpx builds is replaced by
-    an equivalent one with the backend; everything else (request and response mapping, exception
+    httpcore 1.0 rescans every connection for each idle one and for each queued request, and probes
+    every idle socket on every pass, twice per request; with the hundred connections a busy operator
+    keeps open, that bookkeeping cost several times the CPU of the requests themselves (see
+    tests/bench). Here a connection is probed for expiry right before it is reused, the others once a
+    second, an idle connection already promised to a request is not handed out again, and the
+    keep-alive limit counts idle connections. Only HTTP/1.1 is used, so a connection serves one
+    request at a time.
+    """
+
+    _next_sweep = 0.0
+
+    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        closing: list[httpcore.AsyncConnectionInterface] = []
+        kept = [c for c in self._connections if not c.is_closed()]
+        promised = {id(r.connection) for r in self._requests if r.connection is not None}
+        idle = [c for c in kept if c.is_idle() and id(c) not in promised]
+
+        def drop(connection: httpcore.AsyncConnectionInterface) -> None:
+            kept.remove(connection)
+            closing.append(connection)
+
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + IDLE_SWEEP_SECONDS
+            for connection in [c for c in idle if c.has_expired()]:
+                idle.remove(connection)
+                drop(connection)
+        if self._max_keepalive_connections is not None and len(idle) > self._max_keepalive_connections:
+            surplus = len(idle) - self._max_keepalive_connections
+            for connection in idle[:surplus]:
+                drop(connection)
+            idle = idle[surplus:]
+
+        for request in self._requests:
+            if not request.is_queued():
+                continue
+            origin = request.request.url.origin
+            chosen = None
+            for connection in [c for c in idle if c.can_handle_request(origin) and c.is_available()]:
+                idle.remove(connection)
+                if connection.has_expired():
+                    drop(connection)
+                    continue
+                chosen = connection
+                break
+            if chosen is None:
+                if len(kept) >= self._max_connections:
+                    if not idle:
+                        continue  # wait for a connection to come back
+                    drop(idle.pop(0))  # an idle connection to another origin makes room
+                chosen = self.create_connection(origin)
+                kept.append(chosen)
+            request.assign_to_connection(chosen)
+        self._connections = kept
+        return closing
+
+
+class PooledTransport(httpx.AsyncHTTPTransport):
+    """httpx's HTTP/1.1 transport on a LinearConnectionPool that dials through ``backend``, if given.
+
+    httpx has no parameter for httpcore's pool or `network_backend`, so the pool httpx builds is
+    replaced by an equivalent one; everything else (request and response mapping, exception
     translation) stays httpx's own.
     """
 
-    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits, backend: GuardedNetworkBackend) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits, backend: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
         super().__init__(verify=ssl_context, trust_env=False, http1=True, http2=False, limits=limits)
         if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
             # Fail loudly rather than deliver through an unguarded pool if httpx changes its internals.
             raise RuntimeError("unsupported httpx version: AsyncHTTPTransport._pool not found")
-        self._pool = httpcore.AsyncConnectionPool(
+        self._pool = LinearConnectionPool(
             ssl_context=ssl_context,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
@@ -137,6 +202,13 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             http2=False,
             network_backend=backend,
         )
+
+
+class GuardedTransport(PooledTransport):
+    """The deliveries' transport: every connection is dialled through GuardedNetworkBackend."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, limits: httpx.Limits, backend: GuardedNetworkBackend) -> None:
+        super().__init__(ssl_context=ssl_context, limits=limits, backend=backend)
 
 
 def make_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:

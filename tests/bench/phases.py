@@ -1,0 +1,541 @@
+"""The benchmark's phases: baselines, end to end, paced latency, the engine in-process, memory and cost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.bench.harness import (
+    API_VERSION,
+    Api,
+    CpuMeter,
+    Operator,
+    RequestKey,
+    RssSampler,
+    Watch,
+    cpu_seconds,
+    event_final,
+    events_path,
+    percentile,
+    rss_mb,
+    run_bounded,
+    webhook_ready,
+    webhooks_path,
+)
+from tests.bench.receiver import ReceiverProcess
+from webhook_operator.delivery.attempt import send
+from webhook_operator.delivery.engine import DeliveryEngine
+from webhook_operator.delivery.transport import make_client
+from webhook_operator.index import WebhookState
+from webhook_operator.model import parse_webhook_spec
+from webhook_operator.policy import DestinationPolicy, parse_url
+from webhook_operator.runtime import USER_AGENT
+from webhook_operator.signing import build_body, format_created_at, generate_signing_key, message_id
+
+EVENT = "Bench.Event"  # every bench webhook subscribes to it
+PACED_EVENT = "Paced.Event"  # only the first ``paced_webhooks`` subscribe to it
+
+
+def bench_subscriptions(index: int, paced_webhooks: int) -> list[str]:
+    return ["Bench.*", "Paced.*"] if index < paced_webhooks else ["Bench.*"]
+
+
+@dataclass(frozen=True)
+class Params:
+    concurrency: int
+    events: int
+    webhooks: int
+    payload_bytes: int
+    paced_rate: float
+    paced_seconds: float
+    paced_webhooks: int
+    engine_deliveries: int
+    scale_webhooks: int
+    scale_events: int
+    scale_drain_s: float
+    soak_deliveries: tuple[int, ...]
+    soak_webhooks: int
+    workdir: Path
+    kubeconfig: Path
+    profile: bool
+
+
+@dataclass
+class Context:
+    params: Params
+    api: Api
+    receiver: ReceiverProcess
+    http: httpx.AsyncClient  # for the receiver's stats
+    plane_pids: dict[str, int]  # etcd, kube-apiserver, kube-controller-manager
+
+    def cpu_meter(self, operator: Operator | None = None) -> CpuMeter:
+        pids = {**self.plane_pids, "receiver": self.receiver.pid, "benchmark": os.getpid()}
+        if operator is not None:
+            pids["operator"] = operator.pid
+        return CpuMeter(pids)
+
+    @property
+    def pad(self) -> str:
+        return "x" * self.params.payload_bytes
+
+
+def event_body(name: str, event: str, label: str, seq: int, pad: str) -> dict[str, Any]:
+    """A WebhookEvent whose data carries its creation time in unix microseconds (``t``)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "WebhookEvent",
+        "metadata": {"name": name, "labels": {"bench-run": label}},
+        "spec": {"event": event, "data": {"t": time.time_ns() // 1000, "seq": seq, "pad": pad}},
+    }
+
+
+def webhook_body(name: str, url: str, events: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Webhook",
+        "metadata": {"name": name},
+        "spec": {"url": url, "events": events},
+    }
+
+
+def delivery_body(pad: str) -> bytes:
+    """A body the size of a real delivery of the benchmark's events."""
+    return build_body(
+        hook_id="bench/wh-0",
+        event=EVENT,
+        created_at=format_created_at(time_now()),
+        event_id=str(uuid.uuid4()),
+        data={"t": time.time_ns() // 1000, "seq": 0, "pad": pad},
+    )
+
+
+def time_now() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
+
+
+async def create_events(
+    ctx: Context, namespace: str, label: str, count: int, event_of: Callable[[int], str], *, start: int = 0
+) -> tuple[float, float]:
+    """Create ``count`` events as fast as the concurrency allows; returns (start, end) wall times."""
+    path = events_path(namespace)
+
+    async def one(i: int) -> None:
+        await ctx.api.create(path, event_body(f"{label}-{start + i}", event_of(start + i), label, start + i, ctx.pad))
+
+    began = time.time()
+    await run_bounded(count, ctx.params.concurrency, one)
+    return began, time.time()
+
+
+def request_delta(before: dict[RequestKey, float], after: dict[RequestKey, float]) -> dict[RequestKey, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+def operator_requests(delta: dict[RequestKey, float]) -> tuple[float, dict[str, float]]:
+    """Requests the operator made: our API group's and Secrets/Events, minus watches and the benchmark's creates."""
+    total = 0.0
+    breakdown: dict[str, float] = {}
+    for (group, resource, subresource, verb), value in delta.items():
+        # The benchmark itself only creates (POST) Webhooks and WebhookEvents and watches.
+        ours = group == "webhook-operator.io" and verb not in ("WATCH", "POST")
+        ours = ours or (group == "" and resource in ("secrets", "events") and verb != "WATCH")
+        if ours:
+            total += value
+            name = f"{verb} {resource}{'/' + subresource if subresource else ''}"
+            breakdown[name] = breakdown.get(name, 0.0) + value
+    return total, dict(sorted(breakdown.items(), key=lambda kv: -kv[1]))
+
+
+# -- 1. baselines ------------------------------------------------------------------------
+async def baseline(ctx: Context) -> dict[str, Any]:
+    """Raw create rate of the API server (no operator) and raw httpx POST rate to the receiver."""
+    p = ctx.params
+    namespace = "bench-baseline"
+    await ctx.api.ensure_namespace(namespace)
+    await create_events(ctx, namespace, "warm", min(100, p.events), lambda _: EVENT)
+    meter = ctx.cpu_meter()
+    meter.start()
+    began, ended = await create_events(ctx, namespace, "base", p.events, lambda _: EVENT)
+    meter.stop()
+    create_rate = p.events / (ended - began)
+    await ctx.api.delete_events(namespace)
+
+    post = await raw_post_rate(ctx, max(p.events, 1000))
+    return {
+        "create_rate": create_rate,
+        "baseline_cpu_cores": meter.shares,
+        "apiserver_cpu_ms_per_create": meter.shares.get("kube-apiserver", 0.0) / create_rate * 1000,
+        **post,
+    }
+
+
+async def raw_post_rate(ctx: Context, count: int) -> dict[str, Any]:
+    p = ctx.params
+    body = delivery_body(ctx.pad)
+    limits = httpx.Limits(max_connections=p.concurrency, max_keepalive_connections=p.concurrency)
+    async with httpx.AsyncClient(verify=ctx.receiver.ssl_context(), limits=limits, trust_env=False) as client:
+        url = ctx.receiver.url("/raw")
+
+        async def one(_: int) -> None:
+            response = await client.post(url, content=body, headers={"content-type": "application/json"})
+            response.raise_for_status()
+
+        await run_bounded(min(200, count), p.concurrency, one)
+        receiver_cpu, own_cpu = cpu_seconds(ctx.receiver.pid), time.process_time()
+        began = time.perf_counter()
+        await run_bounded(count, p.concurrency, one)
+        took = time.perf_counter() - began
+    return {
+        "raw_post_rate": count / took,
+        "raw_cpu_ms_per_post": (time.process_time() - own_cpu) / count * 1000,
+        "receiver_cpu_share": (cpu_seconds(ctx.receiver.pid) - receiver_cpu) / took,
+        "client_cpu_share": (time.process_time() - own_cpu) / took,
+    }
+
+
+# -- 4. the engine in-process --------------------------------------------------------------
+async def engine(ctx: Context) -> dict[str, Any]:
+    """Deliveries/s of sign + POST + record (``send`` + ``DeliveryEngine._apply``) against raw httpx."""
+    p = ctx.params
+    url = ctx.receiver.url("/engine")
+    spec = parse_webhook_spec({"url": url, "events": ["*"]})
+    state = WebhookState(
+        namespace="bench",
+        name="engine",
+        uid=str(uuid.uuid4()),
+        generation=1,
+        spec=spec,
+        body={},
+        ready=True,
+        url=parse_url(url, allow_http=False),
+        keys=(generate_signing_key(),),
+        headers=(("x-team", "bench"),),
+        limiter=asyncio.Semaphore(p.concurrency),
+    )
+    client = make_client(
+        policy=DestinationPolicy.from_strings(["127.0.0.0/8"]),
+        ca_bundle=str(ctx.receiver.ca_path),
+        max_connections=p.concurrency,
+        user_agent=USER_AGENT,
+    )
+    created_at = format_created_at(time_now())
+    failures = 0
+
+    async def deliver(i: int) -> None:
+        nonlocal failures
+        event_id = str(uuid.uuid4())
+        body = build_body(
+            hook_id=state.hook_id,
+            event=EVENT,
+            created_at=created_at,
+            event_id=event_id,
+            data={"t": time.time_ns() // 1000, "seq": i, "pad": ctx.pad},
+        )
+        entry: dict[str, Any] = {"webhook": state.name, "id": message_id(event_id, state.uid), "attempts": 0}
+        result = await send(client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds)
+        DeliveryEngine._apply(entry, result, state)
+        if entry["outcome"] != "Succeeded":
+            failures += 1
+
+    raw_rates: list[float] = []
+    raw_cpu: list[float] = []
+    engine_rates: list[float] = []
+    engine_cpu: list[float] = []
+    try:
+        await run_bounded(min(200, p.engine_deliveries), p.concurrency, deliver)
+        for _ in range(2):  # interleaved, best of two: the machine is shared
+            raw = await raw_post_rate(ctx, p.engine_deliveries)
+            raw_rates.append(raw["raw_post_rate"])
+            raw_cpu.append(raw["raw_cpu_ms_per_post"])
+            began, cpu = time.perf_counter(), time.process_time()
+            await run_bounded(p.engine_deliveries, p.concurrency, deliver)
+            engine_rates.append(p.engine_deliveries / (time.perf_counter() - began))
+            engine_cpu.append((time.process_time() - cpu) / p.engine_deliveries * 1000)
+    finally:
+        await client.aclose()
+    return {
+        "engine_rate": max(engine_rates),
+        "engine_raw_rate": max(raw_rates),
+        "engine_ratio": max(engine_rates) / max(raw_rates),
+        "engine_cpu_ms_per_delivery": min(engine_cpu),
+        "raw_cpu_ms_per_post": min(raw_cpu),
+        "engine_failures": failures,
+        "engine_rates": engine_rates,
+        "engine_raw_rates": raw_rates,
+    }
+
+
+# -- 2. end to end and 3. paced ------------------------------------------------------------
+async def setup_webhooks(ctx: Context, namespace: str, count: int, events_of: Callable[[int], list[str]]) -> float:
+    """Create ``count`` Webhooks and wait until all are Ready; returns the seconds it took."""
+    watch = await Watch(ctx.api, webhooks_path(namespace), webhook_ready).start()
+    try:
+        began = time.time()
+
+        async def one(i: int) -> None:
+            body = webhook_body(f"wh-{i}", ctx.receiver.url(f"/w/{i}"), events_of(i))
+            await ctx.api.create(webhooks_path(namespace), body)
+
+        await run_bounded(count, ctx.params.concurrency, one)
+        if not await watch.wait(count, within_s=max(60.0, count * 0.5)):
+            raise RuntimeError(f"only {len(watch.done_at)} of {count} webhooks Ready")
+        return max(watch.done_at.values()) - began
+    finally:
+        await watch.stop()
+
+
+def latency_figures(prefix: str, latencies: list[float]) -> dict[str, float]:
+    return {
+        f"{prefix}_p50_ms": percentile(latencies, 50),
+        f"{prefix}_p95_ms": percentile(latencies, 95),
+        f"{prefix}_p99_ms": percentile(latencies, 99),
+        f"{prefix}_max_ms": max(latencies, default=0.0),
+    }
+
+
+async def end_to_end(ctx: Context, operator: Operator, namespace: str) -> dict[str, Any]:
+    """N events at full rate to ``webhooks`` subscribers: delivered events/s, latency, API and CPU cost."""
+    p = ctx.params
+    label = "e2e"
+    watch = await Watch(ctx.api, events_path(namespace), event_final, label_selector=f"bench-run={label}").start()
+    await ctx.receiver.reset(ctx.http)
+    before = await ctx.api.request_counts()
+    cpu_before = cpu_seconds(operator.pid)
+    meter = ctx.cpu_meter(operator)
+    try:
+        with RssSampler(operator.pid) as rss:
+            meter.start()
+            began, created = await create_events(ctx, namespace, label, p.events, lambda _: EVENT)
+            complete = await watch.wait(p.events, within_s=max(120.0, p.events * 0.2))
+            finished = max(watch.done_at.values(), default=time.time())
+            cpu_after = cpu_seconds(operator.pid)
+            meter.stop()
+            await asyncio.sleep(2.5)  # one health flush, which belongs to these deliveries
+            after = await ctx.api.request_counts()
+    finally:
+        await watch.stop()
+    stats = await ctx.receiver.stats(ctx.http, latencies=True)
+    deliveries = p.events * p.webhooks
+    took = finished - began
+    requests, breakdown = operator_requests(request_delta(before, after))
+    return {
+        "e2e_complete": complete,
+        "e2e_final_events": len(watch.done_at),
+        "e2e_received": stats.count,
+        "e2e_seconds": took,
+        "e2e_create_rate_under_load": p.events / (created - began),
+        "e2e_events_per_s": len(watch.done_at) / took,
+        "e2e_deliveries_per_s": stats.count / took,
+        **latency_figures("e2e", stats.latencies_ms),
+        "api_requests_per_event": requests / p.events,
+        "api_requests_breakdown": breakdown,
+        "cpu_s_per_1k_deliveries": (cpu_after - cpu_before) / deliveries * 1000,
+        "operator_cpu_share": (cpu_after - cpu_before) / took,
+        "e2e_cpu_cores": meter.shares,
+        "apiserver_cpu_ms_per_event": meter.shares.get("kube-apiserver", 0.0) * took / p.events * 1000,
+        "e2e_rss_mb_peak": rss.peak,
+    }
+
+
+async def paced(ctx: Context, operator: Operator, namespace: str) -> dict[str, Any]:
+    """Events at a fixed rate: latency from creation to receipt when the operator is not saturated."""
+    p = ctx.params
+    label = "paced"
+    count = max(1, round(p.paced_rate * p.paced_seconds))
+    watch = await Watch(ctx.api, events_path(namespace), event_final, label_selector=f"bench-run={label}").start()
+    # When each event first shows on a watch: the API server's share of the latency.
+    seen = await Watch(ctx.api, events_path(namespace), lambda _: True, label_selector=f"bench-run={label}").start()
+    await ctx.receiver.reset(ctx.http)
+    errors = 0
+    tasks: set[asyncio.Task[Any]] = set()
+    path = events_path(namespace)
+    created_at: dict[str, float] = {}
+
+    async def one(i: int) -> None:
+        nonlocal errors
+        body = event_body(f"{label}-{i}", PACED_EVENT, label, i, ctx.pad)
+        created_at[body["metadata"]["name"]] = body["spec"]["data"]["t"] / 1e6
+        try:
+            await ctx.api.create(path, body)
+        except (RuntimeError, httpx.HTTPError):
+            errors += 1
+
+    meter = ctx.cpu_meter(operator)
+    meter.start()
+    began = time.monotonic()
+    try:
+        for i in range(count):
+            delay = began + i / p.paced_rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+        sent_for = time.monotonic() - began
+        complete = await watch.wait(count - errors, within_s=120)
+        meter.stop()
+    finally:
+        await watch.stop()
+        await seen.stop()
+    stats = await ctx.receiver.stats(ctx.http, latencies=True)
+    watch_lag = [(at - created_at[name]) * 1000 for name, at in seen.done_at.items() if name in created_at]
+    return {
+        "paced_watch_p50_ms": percentile(watch_lag, 50),
+        "paced_watch_p99_ms": percentile(watch_lag, 99),
+        "paced_cpu_cores": meter.shares,
+        "paced_events": count,
+        "paced_webhooks": p.paced_webhooks,
+        "paced_rate_achieved": count / sent_for,
+        "paced_complete": complete,
+        "paced_create_errors": errors,
+        "paced_received": stats.count,
+        **latency_figures("paced", stats.latencies_ms),
+    }
+
+
+# -- 5. memory ---------------------------------------------------------------------------
+async def soak(ctx: Context, make_operator: Callable[[str], Operator], namespace: str) -> dict[str, Any]:
+    """Deliveries at the highest sustainable rate, completed events expiring after 1s: RSS at each milestone.
+
+    Each event goes to ``soak_webhooks`` webhooks, so that the deliveries, not the API server's
+    per-event work, set the pace; the backlog is kept small so that it is not mistaken for a leak.
+    """
+    p = ctx.params
+    await ctx.api.ensure_namespace(namespace)
+    operator = make_operator(namespace)
+    await setup_webhooks(ctx, namespace, p.soak_webhooks, lambda _: ["Soak.*"])
+    await ctx.receiver.reset(ctx.http)
+    per_event = p.soak_webhooks
+    target = p.soak_deliveries[-1]
+    events_needed = -(-target // per_event)
+    window = max(4, 2000 // per_event)  # events created but not yet delivered
+    rss_at: dict[str, float] = {}
+    delivered = 0
+    created = 0
+    cpu_before = cpu_seconds(operator.pid)
+    rss_start = rss_mb(operator.pid)
+    began = time.time()
+    path = events_path(namespace)
+    stop = asyncio.Event()
+    moved = asyncio.Event()
+
+    series: list[tuple[int, float]] = []  # (deliveries, MB) every tenth of the way
+
+    async def poll() -> None:
+        nonlocal delivered
+        milestones = list(p.soak_deliveries)
+        step = max(1, target // 10)
+        while milestones:
+            delivered = (await ctx.receiver.stats(ctx.http)).count
+            moved.set()
+            while milestones and delivered >= milestones[0]:
+                rss_at[str(milestones.pop(0))] = rss_mb(operator.pid)
+            if delivered >= (len(series) + 1) * step:
+                series.append((delivered, round(rss_mb(operator.pid), 1)))
+            await asyncio.sleep(0.05)
+        stop.set()
+        moved.set()
+
+    async def one(i: int) -> None:
+        nonlocal created
+        while created - delivered // per_event > window and not stop.is_set():
+            moved.clear()
+            await moved.wait()
+        created += 1
+        await ctx.api.create(path, event_body(f"soak-{i}", "Soak.Event", "soak", i, ctx.pad))
+
+    poller = asyncio.create_task(poll())
+    try:
+        with RssSampler(operator.pid) as rss:
+            await run_bounded(events_needed, p.concurrency, one)
+            await asyncio.wait_for(stop.wait(), timeout=300)
+        await poller
+        took = time.time() - began
+        cpu = cpu_seconds(operator.pid) - cpu_before
+        await asyncio.sleep(3)  # the last events' TTL, plus a little
+        events_left = await ctx.api.count(path)
+    finally:
+        poller.cancel()
+        operator.stop()
+    return {
+        "soak_webhooks": per_event,
+        "rss_mb_start": rss_start,
+        "rss_mb_at": rss_at,
+        "soak_rss_series": series,
+        "soak_rss_mb_peak": rss.peak,
+        "soak_deliveries": delivered,
+        "soak_deliveries_per_s": delivered / took,
+        "soak_events_created": created,
+        "soak_events_left": events_left,
+        "soak_cpu_s_per_1k_deliveries": cpu / delivered * 1000,
+    }
+
+
+async def scale(ctx: Context, make_operator: Callable[[str], Operator], namespace: str) -> dict[str, Any]:
+    """Many webhooks, and many events waiting when the operator starts: its peak RSS and catch-up rate.
+
+    The events are created while the operator is stopped, so the restarted operator finds all of
+    them at once: the worst case for memory. It gets ``scale_drain_s`` to deliver them.
+    """
+    p = ctx.params
+    await ctx.api.ensure_namespace(namespace)
+    first = make_operator(namespace)
+    with RssSampler(first.pid) as setup_rss:
+        ready_s = await setup_webhooks(ctx, namespace, p.scale_webhooks, lambda i: [f"Load.W{i}"])
+        await asyncio.sleep(3)  # the first health flush of every webhook
+    rss_webhooks = rss_mb(first.pid)
+    first.stop()
+
+    began, created = await create_events(
+        ctx, namespace, "scale", p.scale_events, lambda j: f"Load.W{j % p.scale_webhooks}"
+    )
+    watch = await Watch(ctx.api, events_path(namespace), event_final, label_selector="bench-run=scale").start()
+    before = await ctx.api.request_counts()
+    operator = make_operator(namespace)
+    started = time.time()
+    try:
+        with RssSampler(operator.pid) as rss:
+            complete = await watch.wait(p.scale_events, within_s=p.scale_drain_s)
+            ended = max(watch.done_at.values(), default=time.time()) if complete else time.time()
+            final = len(watch.done_at)
+            rss_end = rss_mb(operator.pid)
+        after = await ctx.api.request_counts()
+    finally:
+        await watch.stop()
+        operator.stop()
+    requests, breakdown = operator_requests(request_delta(before, after))
+    return {
+        "scale_webhooks_ready_s": ready_s,
+        "scale_create_rate": p.scale_events / (created - began),
+        "scale_complete": complete,
+        "scale_final_events": final,
+        "scale_events_per_s": final / (ended - started),
+        "rss_mb_webhooks_only": max(rss_webhooks, setup_rss.peak),
+        "rss_mb_peak": rss.peak,
+        "rss_mb_scale_end": rss_end,
+        "scale_api_requests_per_event": requests / max(final, 1),
+        "scale_api_breakdown": breakdown,
+    }
+
+
+async def settle(pid: int, *, idle_share: float = 0.05, limit_s: float = 90.0) -> None:
+    """Wait until a process has used under ``idle_share`` of a core for two seconds running."""
+    began = time.monotonic()
+    quiet = 0
+    last = cpu_seconds(pid)
+    while time.monotonic() - began < limit_s and quiet < 2:
+        await asyncio.sleep(1.0)
+        current = cpu_seconds(pid)
+        quiet = quiet + 1 if current - last < idle_share else 0
+        last = current
