@@ -6,6 +6,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,6 +59,17 @@ def _install_crds(kubeconfig: Path) -> None:
         result = subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"installing the CRDs failed: kubectl {' '.join(args)}:\n{result.stderr}")
+    # Established is not yet servable: the new resources' storage may still answer 429 for a moment.
+    deadline = time.monotonic() + 60
+    while (
+        subprocess.run(
+            ["kubectl", "get", "webhooks,webhookevents", "-A"], env=env, capture_output=True, check=False
+        ).returncode
+        != 0
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the CRDs are Established but their resources cannot be listed after 60s")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

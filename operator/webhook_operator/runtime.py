@@ -14,7 +14,7 @@ from webhook_operator import __version__
 from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import make_client
 from webhook_operator.index import WebhookIndex
-from webhook_operator.kube import KubeClient, load_credentials, resource_path
+from webhook_operator.kube import ApiError, KubeClient, load_credentials, resource_path
 from webhook_operator.metrics import Metrics
 from webhook_operator.settings import Settings
 from webhook_operator.webhooks import WebhookController
@@ -65,12 +65,25 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
         start_http_server(settings.metrics_port, settings.bind_address, registry=runtime.metrics.registry)
     scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:
-        for body in await runtime.kube.list_items(resource_path("webhooks", namespace)):
+        for body in await _list_with_retries(runtime.kube, resource_path("webhooks", namespace)):
             body.setdefault("kind", "Webhook")
             await runtime.webhooks.reconcile(body)
     log.info("loaded %d webhook(s); delivering", len(runtime.index))
     runtime.tasks.append(asyncio.create_task(runtime.webhooks.health_loop(), name="health"))
     runtime.tasks.append(asyncio.create_task(runtime.engine.expiry_loop(), name="event-ttl"))
+
+
+async def _list_with_retries(kube: KubeClient, path: str, attempts: int = 30) -> list[dict[str, Any]]:
+    """List, riding out an API server that is still starting (429 "storage is (re)initializing", 5xx)."""
+    for attempt in range(attempts):
+        try:
+            return await kube.list_items(path)
+        except ApiError as exc:
+            if (exc.status != 429 and exc.status < 500) or attempt == attempts - 1:
+                raise
+            log.info("listing %s: %s; retrying", path, exc)
+        await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
 
 
 async def stop(runtime: Runtime) -> None:

@@ -301,6 +301,9 @@ class ControlPlane:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                killed_by = time.monotonic() + 5
+                while _alive(pid) and time.monotonic() < killed_by:
+                    time.sleep(0.05)
         shutil.rmtree(self.state_dir, ignore_errors=True)
         if not quiet:
             _log(f"stopped; removed {self.state_dir}")
