@@ -24,6 +24,7 @@ import httpx
 import kubernetes
 
 from webhook_operator import GROUP, VERSION
+from webhook_operator.delivery.transport import PooledTransport
 from webhook_operator.kube import Credentials, ssl_context
 
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -172,11 +173,15 @@ class Api:
     """The benchmark's own API client: concurrent creates, lists, watches and the server's metrics."""
 
     def __init__(self, credentials: Credentials, concurrency: int) -> None:
+        # The operator's own transport (as KubeClient uses it): with httpx's stock pool the load
+        # generator, not the API server, would set the "raw" create rate.
         self.client = httpx.AsyncClient(
             base_url=credentials.server,
-            verify=ssl_context(credentials),
+            transport=PooledTransport(
+                ssl_context=ssl_context(credentials),
+                limits=httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4),
+            ),
             timeout=httpx.Timeout(60.0),
-            limits=httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4),
             trust_env=False,
         )
 

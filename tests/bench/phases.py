@@ -33,7 +33,7 @@ from tests.bench.harness import (
 from tests.bench.receiver import ReceiverProcess
 from webhook_operator.delivery.attempt import send
 from webhook_operator.delivery.engine import DeliveryEngine
-from webhook_operator.delivery.transport import make_client
+from webhook_operator.delivery.transport import PooledTransport, make_client
 from webhook_operator.index import WebhookState
 from webhook_operator.model import parse_webhook_spec
 from webhook_operator.policy import DestinationPolicy, parse_url
@@ -179,11 +179,15 @@ async def baseline(ctx: Context) -> dict[str, Any]:
     }
 
 
-async def raw_post_rate(ctx: Context, count: int) -> dict[str, Any]:
+async def raw_post_rate(ctx: Context, count: int, *, operator_pool: bool = False) -> dict[str, Any]:
+    """Plain httpx POSTs of a delivery-sized body; ``operator_pool`` swaps in the operator's connection pool."""
     p = ctx.params
     body = delivery_body(ctx.pad)
     limits = httpx.Limits(max_connections=p.concurrency, max_keepalive_connections=p.concurrency)
-    async with httpx.AsyncClient(verify=ctx.receiver.ssl_context(), limits=limits, trust_env=False) as client:
+    transport = PooledTransport(ssl_context=ctx.receiver.ssl_context(), limits=limits) if operator_pool else None
+    async with httpx.AsyncClient(
+        verify=ctx.receiver.ssl_context(), limits=limits, transport=transport, trust_env=False
+    ) as client:
         url = ctx.receiver.url("/raw")
 
         async def one(_: int) -> None:
@@ -249,6 +253,7 @@ async def engine(ctx: Context) -> dict[str, Any]:
 
     raw_rates: list[float] = []
     raw_cpu: list[float] = []
+    pooled_rates: list[float] = []
     engine_rates: list[float] = []
     engine_cpu: list[float] = []
     try:
@@ -257,6 +262,8 @@ async def engine(ctx: Context) -> dict[str, Any]:
             raw = await raw_post_rate(ctx, p.engine_deliveries)
             raw_rates.append(raw["raw_post_rate"])
             raw_cpu.append(raw["raw_cpu_ms_per_post"])
+            pooled = await raw_post_rate(ctx, p.engine_deliveries, operator_pool=True)
+            pooled_rates.append(pooled["raw_post_rate"])
             began, cpu = time.perf_counter(), time.process_time()
             await run_bounded(p.engine_deliveries, p.concurrency, deliver)
             engine_rates.append(p.engine_deliveries / (time.perf_counter() - began))
@@ -267,6 +274,8 @@ async def engine(ctx: Context) -> dict[str, Any]:
         "engine_rate": max(engine_rates),
         "engine_raw_rate": max(raw_rates),
         "engine_ratio": max(engine_rates) / max(raw_rates),
+        "engine_raw_rate_operator_pool": max(pooled_rates),
+        "engine_ratio_operator_pool": max(engine_rates) / max(pooled_rates),
         "engine_cpu_ms_per_delivery": min(engine_cpu),
         "raw_cpu_ms_per_post": min(raw_cpu),
         "engine_failures": failures,
@@ -501,9 +510,11 @@ async def scale(ctx: Context, make_operator: Callable[[str], Operator], namespac
         ctx, namespace, "scale", p.scale_events, lambda j: f"Load.W{j % p.scale_webhooks}"
     )
     watch = await Watch(ctx.api, events_path(namespace), event_final, label_selector="bench-run=scale").start()
-    before = await ctx.api.request_counts()
-    operator = make_operator(namespace)
+    startup_before = await ctx.api.request_counts()
+    launched = time.time()
+    operator = make_operator(namespace)  # returns once every webhook is loaded and events are being handled
     started = time.time()
+    before = await ctx.api.request_counts()
     try:
         with RssSampler(operator.pid) as rss:
             complete = await watch.wait(p.scale_events, within_s=p.scale_drain_s)
@@ -515,8 +526,11 @@ async def scale(ctx: Context, make_operator: Callable[[str], Operator], namespac
         await watch.stop()
         operator.stop()
     requests, breakdown = operator_requests(request_delta(before, after))
+    startup_requests, _ = operator_requests(request_delta(startup_before, before))
     return {
         "scale_webhooks_ready_s": ready_s,
+        "scale_startup_s": started - launched,
+        "scale_startup_api_requests": startup_requests,
         "scale_create_rate": p.scale_events / (created - began),
         "scale_complete": complete,
         "scale_final_events": final,
