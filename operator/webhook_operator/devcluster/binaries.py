@@ -7,6 +7,7 @@ the pinned versions below.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -193,12 +194,18 @@ def helm_recipe(version: str = HELM_VERSION) -> Recipe:
 
 
 def build(recipe_name: str) -> Path:
-    """Build one recipe into the cache and return its bin folder."""
+    """Build one recipe into the cache and return its bin folder; concurrent builders wait for each other."""
     if shutil.which("go") is None:
         raise BinariesUnavailable(missing_message())
     root = cache_root()
     workdir = root / "build" / recipe_name
     workdir.mkdir(parents=True, exist_ok=True)
+    with open(root / "build" / f"{recipe_name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return _build_locked(recipe_name, root, workdir)
+
+
+def _build_locked(recipe_name: str, root: Path, workdir: Path) -> Path:
     started = time.monotonic()
     if recipe_name == "kubernetes":
         recipe = kubernetes_recipe(workdir)
