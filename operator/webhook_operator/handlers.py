@@ -1,7 +1,8 @@
 """Every kopf registration in one place: what the operator reacts to. The work is elsewhere.
 
 Only watch-event handlers are used, so kopf writes no finalizers or progress annotations to
-users' objects; state lives in status (see docs/architecture.md).
+users' objects; state lives in status (see docs/architecture.md). WebhookEvents, the hot path,
+are watched by ``watch.ResourceWatch`` (started in ``runtime.start``), not by kopf.
 """
 
 from __future__ import annotations
@@ -64,11 +65,6 @@ async def webhook_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> No
     body = dict(event["object"])
     body.setdefault("kind", "Webhook")
     await memo.runtime.webhooks.on_event(event.get("type"), body)
-
-
-@kopf.on.event(GROUP, VERSION, "webhookevents")
-async def webhook_event_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    await memo.runtime.engine.on_event(event.get("type"), dict(event["object"]))
 
 
 @kopf.on.event("", "v1", "secrets")

@@ -1,7 +1,7 @@
-"""A small async Kubernetes API client (httpx) for the operator's own reads and writes.
+"""A small async Kubernetes API client (aiohttp) for the operator's own reads and writes.
 
-Credentials come from the in-cluster service account or the current kubeconfig, loaded by
-the ``kubernetes`` package; kopf logs in with the same credentials (see ``login_info``).
+Credentials come from the in-cluster service account or the current kubeconfig (see
+``kubeconfig.py``); kopf logs in with the same credentials (``handlers.login``).
 """
 
 from __future__ import annotations
@@ -9,18 +9,18 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
-import kubernetes
+import aiohttp
 
 from webhook_operator import GROUP, VERSION
-from webhook_operator.delivery.transport import PooledTransport
+from webhook_operator.kubeconfig import Credentials, load_credentials
 
-SA_TOKEN_PATH = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+REQUEST_TIMEOUT_S = 30.0
+
+__all__ = ["ApiError", "Credentials", "KubeClient", "load_credentials", "resource_path", "secret_path"]
 
 
 class ApiError(Exception):
@@ -29,40 +29,6 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
-
-
-@dataclass(frozen=True)
-class Credentials:
-    server: str
-    ca_path: str | None
-    verify: bool
-    cert_path: str | None
-    key_path: str | None
-    token: str | None
-    token_path: str | None
-    default_namespace: str | None
-
-
-def load_credentials() -> Credentials:
-    config = kubernetes.client.Configuration()
-    token_path: str | None = None
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=config)
-        token_path = str(SA_TOKEN_PATH)
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)
-    auth = (config.api_key or {}).get("authorization") or (config.api_key or {}).get("BearerToken")
-    token = auth.split(" ", 1)[1] if auth and auth.startswith("Bearer ") else auth
-    return Credentials(
-        server=config.host.rstrip("/"),
-        ca_path=config.ssl_ca_cert,
-        verify=bool(config.verify_ssl),
-        cert_path=config.cert_file,
-        key_path=config.key_file,
-        token=token,
-        token_path=token_path,
-        default_namespace=None,
-    )
 
 
 def resource_path(
@@ -100,25 +66,39 @@ def ssl_context(credentials: Credentials) -> ssl.SSLContext:
     return context
 
 
-class KubeClient:
-    """JSON over one pooled HTTP/2-free connection pool; counts the requests it makes."""
+async def _api_error(response: aiohttp.ClientResponse) -> ApiError:
+    text = await response.text(errors="replace")
+    try:
+        status = json.loads(text)
+        reason, message = str(status.get("reason", "")), str(status.get("message", text))
+    except ValueError:
+        reason, message = response.reason or "", text[:500]
+    return ApiError(response.status, reason, message)
 
-    def __init__(self, credentials: Credentials) -> None:
+
+class KubeClient:
+    """JSON over one keep-alive connection pool (aiohttp, as kopf uses); counts the requests it makes."""
+
+    def __init__(self, credentials: Credentials, *, max_connections: int = 20) -> None:
         self.credentials = credentials
-        self._client = httpx.AsyncClient(
-            base_url=credentials.server,
-            # The deliveries' pool: with httpx's own, a status write from a mostly idle pool cost a
-            # third more CPU (see LinearConnectionPool).
-            transport=PooledTransport(
-                ssl_context=ssl_context(credentials),
-                limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
-            ),
-            timeout=httpx.Timeout(30.0),
-            trust_env=False,
-        )
+        self._server = credentials.server.rstrip("/")
+        self._ssl = ssl_context(credentials)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
         self._token = credentials.token
         self._token_read = time.monotonic()
         self.requests = 0
+
+    def _open(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the running event loop aiohttp binds to.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._max_connections),
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
+                trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return self._session
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         # Projected service-account tokens rotate; re-read the file every minute.
@@ -147,25 +127,46 @@ class KubeClient:
         content = None if body is None else json.dumps(body).encode()
         self.requests += 1
         try:
-            response = await self._client.request(
+            async with self._open().request(
                 method,
-                path,
-                content=content,
+                self._server + path,
+                data=content,
                 params=params,
                 headers=self._headers(content_type if content is not None else None),
-            )
-        except httpx.TransportError as exc:
-            # Callers handle an unreachable or failing API server as OSError; httpx's errors are not one.
+            ) as response:
+                if response.status >= 400:
+                    raise await _api_error(response)
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Callers handle an unreachable or failing API server as OSError; aiohttp's errors are not all one.
             raise ConnectionError(f"{method} {path}: {exc!r}") from exc
-        if response.status_code >= 400:
-            try:
-                status = response.json()
-                reason, message = str(status.get("reason", "")), str(status.get("message", response.text))
-            except ValueError:
-                reason, message = response.reason_phrase, response.text[:500]
-            raise ApiError(response.status_code, reason, message)
-        result = response.json() if response.content else {}
+        result = json.loads(raw) if raw else {}
         return result if isinstance(result, dict) else {}
+
+    async def stream_lines(
+        self, path: str, *, params: Mapping[str, str], read_timeout_s: float
+    ) -> AsyncIterator[bytes]:
+        """The lines of a streamed GET (a watch), as bytes; ApiError for an error status."""
+        self.requests += 1
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=read_timeout_s)
+        try:
+            async with self._open().get(
+                self._server + path, params=params, headers=self._headers(), timeout=timeout
+            ) as response:
+                if response.status >= 400:
+                    raise await _api_error(response)
+                pending = b""
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    if b"\n" not in chunk:
+                        continue
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        yield line
+                if pending.strip():
+                    yield pending
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConnectionError(f"GET {path} (watch): {exc!r}") from exc
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
@@ -201,4 +202,6 @@ class KubeClient:
         return True
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -7,16 +7,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from prometheus_client import start_http_server
 
 from webhook_operator import __version__
 from webhook_operator.delivery.engine import DeliveryEngine
-from webhook_operator.delivery.transport import make_client
+from webhook_operator.delivery.transport import DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex
 from webhook_operator.kube import ApiError, KubeClient, load_credentials, resource_path
 from webhook_operator.metrics import Metrics
 from webhook_operator.settings import Settings
+from webhook_operator.watch import ResourceWatch
 from webhook_operator.webhooks import WebhookController
 
 log = logging.getLogger(__name__)
@@ -29,10 +29,11 @@ class Runtime:
     kube: KubeClient
     index: WebhookIndex
     metrics: Metrics
-    client: httpx.AsyncClient
+    client: DeliveryClient
     webhooks: WebhookController
     engine: DeliveryEngine
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    event_watches: list[ResourceWatch] = field(default_factory=list)
 
 
 def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime:
@@ -71,6 +72,16 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
     log.info("loaded %d webhook(s); delivering", len(runtime.index))
     runtime.tasks.append(asyncio.create_task(runtime.webhooks.health_loop(), name="health"))
     runtime.tasks.append(asyncio.create_task(runtime.engine.expiry_loop(), name="event-ttl"))
+    # WebhookEvents are watched here, not through kopf: see watch.py.
+    for namespace in scopes:
+        watch = ResourceWatch(
+            runtime.kube,
+            resource_path("webhookevents", namespace),
+            runtime.engine.on_event,
+            capacity=runtime.engine.wait_for_capacity,
+        )
+        runtime.event_watches.append(watch)
+        runtime.tasks.append(asyncio.create_task(watch.run(), name=f"watch-events-{namespace or 'all'}"))
 
 
 async def _list_with_retries(kube: KubeClient, path: str, attempts: int = 30) -> list[dict[str, Any]]:

@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from standardwebhooks import Webhook as StandardWebhook
 
 from tests.support.receiver import Receiver, Reply
 from webhook_operator.delivery.attempt import RESPONSE_BODY_LIMIT, AttemptResult, send
 from webhook_operator.delivery.engine import DeliveryEngine, format_time_precise
-from webhook_operator.delivery.transport import make_client
+from webhook_operator.delivery.transport import DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import Credentials, KubeClient
 from webhook_operator.metrics import Metrics
@@ -267,9 +266,10 @@ async def test_completed_events_seen_at_startup_are_queued_for_expiry(engine: De
 
 # -- one attempt against a real HTTPS server -----------------------------------------------------
 @pytest.fixture
-async def client(ca_bundle: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client(policy=LOOPBACK, ca_bundle=str(ca_bundle), user_agent=USER_AGENT) as client:
-        yield client
+async def client(ca_bundle: Path) -> AsyncIterator[DeliveryClient]:
+    client = make_client(policy=LOOPBACK, ca_bundle=str(ca_bundle), user_agent=USER_AGENT)
+    yield client
+    await client.aclose()
 
 
 def closed_port() -> int:
@@ -279,7 +279,7 @@ def closed_port() -> int:
 
 
 async def test_a_2xx_attempt_sends_signed_headers_and_reads_the_response(
-    client: httpx.AsyncClient, receiver: Receiver
+    client: DeliveryClient, receiver: Receiver
 ) -> None:
     receiver.script("/hook", Reply(202, b"queued"))
     state = webhook(receiver.url("/hook"), headers=(("X-Team", "billing"),))
@@ -299,7 +299,7 @@ async def test_a_2xx_attempt_sends_signed_headers_and_reads_the_response(
     assert StandardWebhook(standard_webhooks_secret(KEY)).verify(request.body, request.headers) == json.loads(BODY)
 
 
-async def test_during_a_key_rotation_both_keys_sign(client: httpx.AsyncClient, receiver: Receiver) -> None:
+async def test_during_a_key_rotation_both_keys_sign(client: DeliveryClient, receiver: Receiver) -> None:
     state = webhook(receiver.url("/hook"), keys=(KEY, OLD_KEY))
 
     await send(client, state, BODY, "msg_1", timeout_s=5)
@@ -311,7 +311,7 @@ async def test_during_a_key_rotation_both_keys_sign(client: httpx.AsyncClient, r
     assert request.headers["logto-signature-sha-256"] == logto_signature(KEY, BODY)
 
 
-async def test_a_503_reports_the_code_and_retry_after(client: httpx.AsyncClient, receiver: Receiver) -> None:
+async def test_a_503_reports_the_code_and_retry_after(client: DeliveryClient, receiver: Receiver) -> None:
     receiver.script("/hook", Reply(503, b"busy", {"Retry-After": "7"}))
 
     outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
@@ -325,7 +325,7 @@ async def test_a_503_reports_the_code_and_retry_after(client: httpx.AsyncClient,
     )
 
 
-async def test_a_redirect_is_reported_and_not_followed(client: httpx.AsyncClient, receiver: Receiver) -> None:
+async def test_a_redirect_is_reported_and_not_followed(client: DeliveryClient, receiver: Receiver) -> None:
     receiver.script("/hook", Reply(302, b"", {"Location": receiver.url("/elsewhere")}))
 
     outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
@@ -334,7 +334,7 @@ async def test_a_redirect_is_reported_and_not_followed(client: httpx.AsyncClient
     assert receiver.received("/elsewhere") == []
 
 
-async def test_only_the_first_kib_of_the_response_is_kept(client: httpx.AsyncClient, receiver: Receiver) -> None:
+async def test_only_the_first_kib_of_the_response_is_kept(client: DeliveryClient, receiver: Receiver) -> None:
     receiver.script("/hook", Reply(200, b"x" * 10_000))
 
     outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
@@ -342,7 +342,7 @@ async def test_only_the_first_kib_of_the_response_is_kept(client: httpx.AsyncCli
     assert outcome.response_body == "x" * RESPONSE_BODY_LIMIT and RESPONSE_BODY_LIMIT == 1024
 
 
-async def test_a_slow_endpoint_is_a_timeout(client: httpx.AsyncClient, receiver: Receiver) -> None:
+async def test_a_slow_endpoint_is_a_timeout(client: DeliveryClient, receiver: Receiver) -> None:
     receiver.script("/hook", Reply(200, delay_s=2))
 
     outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=0.5)
@@ -351,7 +351,7 @@ async def test_a_slow_endpoint_is_a_timeout(client: httpx.AsyncClient, receiver:
     assert 0.4 <= outcome.duration_s < 1.9
 
 
-async def test_a_closed_port_is_connection_refused(client: httpx.AsyncClient) -> None:
+async def test_a_closed_port_is_connection_refused(client: DeliveryClient) -> None:
     outcome = await send(client, webhook(f"https://127.0.0.1:{closed_port()}/hook"), BODY, "msg_1", timeout_s=5)
 
     assert (outcome.status_code, outcome.failure, outcome.error) == (None, FAILURE_ERROR, "connection refused")

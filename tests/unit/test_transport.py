@@ -15,17 +15,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpcore
-import httpx
 import pytest
 import trustme
 
 from webhook_operator.delivery.transport import (
     BlockedDestinationError,
-    GuardedNetworkBackend,
-    GuardedTransport,
+    DeliveryClient,
+    DeliveryConnectError,
+    DeliveryTimeout,
+    GuardedResolver,
     make_client,
-    make_ssl_context,
 )
 from webhook_operator.policy import DestinationPolicy, IPAddress, allowed_addresses, system_resolve
 
@@ -170,40 +169,20 @@ class FakeDNS:
         return self.answers[min(len(self.lookups), len(self.answers)) - 1]
 
 
-class RecordingBackend(httpcore.AsyncNetworkBackend):
-    """The real socket backend, noting which addresses were dialled."""
-
-    def __init__(self) -> None:
-        self.inner = httpcore.AnyIOBackend()
-        self.dialled: list[str] = []
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-        local_address: str | None = None,
-        socket_options: object = None,
-    ) -> httpcore.AsyncNetworkStream:
-        self.dialled.append(host)
-        return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address)
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
-
-
 @contextlib.asynccontextmanager
 async def client_for(
     policy: DestinationPolicy, resolve: FakeDNS | None = None, ca_bundle: str | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[DeliveryClient]:
     client = make_client(
         policy=policy,
         ca_bundle=ca_bundle,
         resolve=resolve if resolve is not None else system_resolve,
         user_agent=USER_AGENT,
     )
-    async with client:
+    try:
         yield client
+    finally:
+        await client.aclose()
 
 
 # --- the happy path ----------------------------------------------------------------------
@@ -215,11 +194,11 @@ async def test_request_arrives_with_hostname_in_host_and_sni(start_receiver: Sta
     async with client_for(LOOPBACK_ALLOWED, dns, ca_bundle) as client:
         response = await client.post(
             f"https://receiver.test:{receiver.port}/hooks/identity?x=1",
-            content=b'{"event":"User.Created"}',
-            headers={"content-type": "application/json", "x-team": "billing"},
+            b'{"event":"User.Created"}',
+            {"content-type": "application/json", "x-team": "billing"},
         )
-    assert response.status_code == 200
-    assert response.text == "ok"
+    assert response.status == 200
+    assert response.body == b"ok"
     assert receiver.sni == ["receiver.test"]
     [seen] = receiver.requests
     assert seen.method == "POST"
@@ -235,7 +214,7 @@ async def test_keep_alive_reuses_one_connection(start_receiver: StartReceiver, c
     receiver = await start_receiver("receiver.test")
     async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.1"]), ca_bundle) as client:
         for _ in range(3):
-            assert (await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")).status_code == 200
+            assert (await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})).status == 200
     assert len(receiver.requests) == 3
     assert receiver.connections == 1
 
@@ -244,8 +223,8 @@ async def test_localhost_via_the_system_resolver_in_dev_mode(start_receiver: Sta
     receiver = await start_receiver("localhost")
     dev = DestinationPolicy.from_strings(["127.0.0.0/8", "::1/128"])
     async with client_for(dev, None, ca_bundle) as client:
-        response = await client.post(f"https://localhost:{receiver.port}/", content=b"{}")
-    assert response.status_code == 200
+        response = await client.post(f"https://localhost:{receiver.port}/", b"{}", {})
+    assert response.status == 200
     assert receiver.sni == ["localhost"]
     assert receiver.requests[0].headers["host"] == f"localhost:{receiver.port}"
 
@@ -254,8 +233,8 @@ async def test_ip_literal_url_is_dialled_without_any_lookup(start_receiver: Star
     receiver = await start_receiver("127.0.0.1")
     dns = FakeDNS()
     async with client_for(LOOPBACK_ALLOWED, dns, ca_bundle) as client:
-        response = await client.post(f"https://127.0.0.1:{receiver.port}/", content=b"{}")
-    assert response.status_code == 200
+        response = await client.post(f"https://127.0.0.1:{receiver.port}/", b"{}", {})
+    assert response.status == 200
     assert dns.lookups == []
     assert receiver.requests[0].headers["host"] == f"127.0.0.1:{receiver.port}"
 
@@ -263,11 +242,11 @@ async def test_ip_literal_url_is_dialled_without_any_lookup(start_receiver: Star
 async def test_plain_http_goes_through_the_same_guard(start_receiver: StartReceiver) -> None:
     receiver = await start_receiver(tls=False)
     async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.1"])) as client:
-        response = await client.post(f"http://receiver.test:{receiver.port}/", content=b"{}")
-    assert response.status_code == 200
+        response = await client.post(f"http://receiver.test:{receiver.port}/", b"{}", {})
+    assert response.status == 200
     async with client_for(DestinationPolicy(), FakeDNS(["127.0.0.1"])) as client:
         with pytest.raises(BlockedDestinationError):
-            await client.post(f"http://receiver.test:{receiver.port}/", content=b"{}")
+            await client.post(f"http://receiver.test:{receiver.port}/", b"{}", {})
     assert receiver.connections == 1
 
 
@@ -280,15 +259,13 @@ async def test_loopback_without_allow_cidr_is_blocked_before_any_connection(
     receiver = await start_receiver("receiver.test")
     async with client_for(DestinationPolicy(), FakeDNS(["127.0.0.1"]), ca_bundle) as client:
         with pytest.raises(BlockedDestinationError) as info:
-            await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
+            await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
     error = info.value
-    assert isinstance(error, httpx.TransportError)
     assert error.reason == "BlockedDestination"
     assert "receiver.test" in error.message
     assert "127.0.0.1 (loopback)" in error.message
     assert "--allow-cidr" in error.message
     assert str(error) == error.message
-    assert error.request.url.host == "receiver.test"
     assert receiver.connections == 0
 
 
@@ -296,7 +273,7 @@ async def test_blocked_ip_literal_is_never_dialled(start_receiver: StartReceiver
     receiver = await start_receiver("127.0.0.1")
     async with client_for(DestinationPolicy(), FakeDNS(), ca_bundle) as client:
         with pytest.raises(BlockedDestinationError):
-            await client.post(f"https://127.0.0.1:{receiver.port}/", content=b"{}")
+            await client.post(f"https://127.0.0.1:{receiver.port}/", b"{}", {})
     assert receiver.connections == 0
 
 
@@ -310,7 +287,7 @@ async def test_rebinding_to_a_blocked_address_after_the_check_is_caught_at_conne
     assert reconcile_check == [ipaddress.ip_address("93.184.216.34")]
     async with client_for(DestinationPolicy(), dns, ca_bundle) as client:
         with pytest.raises(BlockedDestinationError, match=r"127\.0\.0\.1 \(loopback\)"):
-            await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
+            await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
     assert receiver.connections == 0
 
 
@@ -320,36 +297,34 @@ async def test_metadata_address_is_blocked_even_with_loopback_allowed(
     receiver = await start_receiver("receiver.test")
     async with client_for(LOOPBACK_ALLOWED, FakeDNS(["169.254.169.254"]), ca_bundle) as client:
         with pytest.raises(BlockedDestinationError, match="cloud metadata"):
-            await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
+            await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
     assert receiver.connections == 0
 
 
-async def test_of_blocked_and_allowed_answers_only_the_allowed_is_dialled(
+async def test_of_blocked_and_allowed_answers_only_the_allowed_reach_the_dialler(
     start_receiver: StartReceiver, ca_bundle: str
 ) -> None:
     receiver = await start_receiver("receiver.test")
-    recording = RecordingBackend()
-    backend = GuardedNetworkBackend(LOOPBACK_ALLOWED, FakeDNS(["10.0.0.1", "169.254.169.254", "127.0.0.1"]), recording)
-    transport = GuardedTransport(ssl_context=make_ssl_context(ca_bundle), limits=httpx.Limits(), backend=backend)
-    async with httpx.AsyncClient(transport=transport) as client:
-        response = await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
-    assert response.status_code == 200
-    assert recording.dialled == ["127.0.0.1"]
+    dns = FakeDNS(["10.0.0.1", "169.254.169.254", "127.0.0.1"])
+    # What the connection pool gets from the resolver is all it can dial.
+    answers = await GuardedResolver(LOOPBACK_ALLOWED, dns).resolve("receiver.test", receiver.port)
+    assert [(a["host"], a["hostname"], a["port"]) for a in answers] == [("127.0.0.1", "receiver.test", receiver.port)]
+    async with client_for(LOOPBACK_ALLOWED, FakeDNS(["10.0.0.1", "169.254.169.254", "127.0.0.1"]), ca_bundle) as client:
+        response = await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
+    assert response.status == 200
     assert receiver.sni == ["receiver.test"]
+    assert receiver.connections == 1
 
 
 async def test_an_allowed_address_that_refuses_falls_through_to_the_next(
     start_receiver: StartReceiver, ca_bundle: str
 ) -> None:
     receiver = await start_receiver("receiver.test")
-    recording = RecordingBackend()
     # Nothing listens on 127.0.0.2, so that dial is refused and the next address is tried.
-    backend = GuardedNetworkBackend(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.2", "127.0.0.1"]), recording)
-    transport = GuardedTransport(ssl_context=make_ssl_context(ca_bundle), limits=httpx.Limits(), backend=backend)
-    async with httpx.AsyncClient(transport=transport) as client:
-        response = await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
-    assert response.status_code == 200
-    assert recording.dialled == ["127.0.0.2", "127.0.0.1"]
+    async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.2", "127.0.0.1"]), ca_bundle) as client:
+        response = await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
+    assert response.status == 200
+    assert receiver.connections == 1
 
 
 async def test_when_every_allowed_address_refuses_it_is_a_connect_error(ca_bundle: str) -> None:
@@ -357,30 +332,29 @@ async def test_when_every_allowed_address_refuses_it_is_a_connect_error(ca_bundl
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.1", "127.0.0.2"]), ca_bundle) as client:
-        with pytest.raises(httpx.ConnectError) as info:
-            await client.post(f"https://receiver.test:{closed_port}/", content=b"{}")
+        with pytest.raises(DeliveryConnectError) as info:
+            await client.post(f"https://receiver.test:{closed_port}/", b"{}", {})
     assert not isinstance(info.value, BlockedDestinationError)
-    assert "127.0.0.1" in str(info.value)
-    assert "127.0.0.2" in str(info.value)
+    assert str(info.value) == f"cannot connect to receiver.test port {closed_port}: connection refused"
 
 
 async def test_a_name_that_does_not_resolve_is_a_retryable_connect_error(start_receiver: StartReceiver) -> None:
     receiver = await start_receiver("receiver.test")
     async with client_for(LOOPBACK_ALLOWED, FakeDNS()) as client:
-        with pytest.raises(httpx.ConnectError, match=r"cannot resolve host receiver\.test"):
-            await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
+        with pytest.raises(DeliveryConnectError, match=r"cannot resolve host receiver\.test"):
+            await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
     assert receiver.connections == 0
 
 
-async def test_a_slow_lookup_is_bounded_by_the_connect_timeout() -> None:
+async def test_a_slow_lookup_is_bounded_by_the_attempt_timeout() -> None:
     class SlowDNS(FakeDNS):
         async def __call__(self, host: str, port: int) -> list[IPAddress]:
             await asyncio.sleep(30)
             return []
 
     async with client_for(LOOPBACK_ALLOWED, SlowDNS()) as client:
-        with pytest.raises(httpx.ConnectTimeout):
-            await client.post("https://receiver.test:443/", content=b"{}", timeout=httpx.Timeout(5, connect=0.2))
+        with pytest.raises(DeliveryTimeout, match=r"timeout after 0\.2s"):
+            await client.post("https://receiver.test:443/", b"{}", {}, timeout_s=0.2)
 
 
 # --- TLS -----------------------------------------------------------------------------------
@@ -389,8 +363,8 @@ async def test_a_slow_lookup_is_bounded_by_the_connect_timeout() -> None:
 async def test_a_certificate_for_another_name_fails_verification(start_receiver: StartReceiver, ca_bundle: str) -> None:
     receiver = await start_receiver("other.test")
     async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.1"]), ca_bundle) as client:
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
+        with pytest.raises(DeliveryConnectError, match=r"TLS error: .*CERTIFICATE_VERIFY_FAILED"):
+            await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
     assert receiver.connections == 1
     assert receiver.requests == []
 
@@ -398,8 +372,8 @@ async def test_a_certificate_for_another_name_fails_verification(start_receiver:
 async def test_without_the_ca_bundle_a_private_ca_is_not_trusted(start_receiver: StartReceiver) -> None:
     receiver = await start_receiver("receiver.test")
     async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.1"]), None) as client:
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
+        with pytest.raises(DeliveryConnectError, match=r"TLS error: .*CERTIFICATE_VERIFY_FAILED"):
+            await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
     assert receiver.requests == []
 
 
@@ -415,8 +389,8 @@ def test_a_missing_ca_bundle_file_fails_at_startup(tmp_path: Path) -> None:
 async def test_a_redirect_is_returned_not_followed(start_receiver: StartReceiver, ca_bundle: str, status: int) -> None:
     receiver = await start_receiver("receiver.test", status=status, extra_headers={"location": "/elsewhere"})
     async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.1"]), ca_bundle) as client:
-        response = await client.post(f"https://receiver.test:{receiver.port}/hook", content=b"{}")
-    assert response.status_code == status
+        response = await client.post(f"https://receiver.test:{receiver.port}/hook", b"{}", {})
+    assert response.status == status
     assert response.headers["location"] == "/elsewhere"
     assert [seen.target for seen in receiver.requests] == ["/hook"]
 
@@ -428,6 +402,6 @@ async def test_proxy_environment_variables_are_ignored(
     for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.1"]), ca_bundle) as client:
-        response = await client.post(f"https://receiver.test:{receiver.port}/", content=b"{}")
-    assert response.status_code == 200
+        response = await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
+    assert response.status == 200
     assert len(receiver.requests) == 1

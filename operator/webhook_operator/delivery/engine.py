@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from webhook_operator.delivery.attempt import AttemptResult, send
+from webhook_operator.delivery.transport import DeliveryClient
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import ApiError, KubeClient, resource_path
 from webhook_operator.matching import sample_event_for
@@ -45,6 +44,11 @@ FINISHED_MEMORY_S = 300.0
 # Deletions of expired events in flight at once: one at a time falls behind the rate events complete at.
 EXPIRY_CONCURRENCY = 10
 SAMPLE_DATA = {"id": "sample_0001", "sample": True}
+# Backpressure (see DeliveryEngine.backlogged): the watch pauses, and the rest of a backlog waits in
+# the API server, while this many deliveries per unit of --max-concurrency queue for a global slot...
+QUEUED_PER_SLOT = 4
+# ...or while this many events have not finished their first round of attempts, whatever holds them.
+MAX_FIRST_ROUNDS = 10_000
 
 DeliveryCallback = Callable[[WebhookState, bool, int | None], None]
 
@@ -70,6 +74,7 @@ class EventJob:
     written: dict[str, Any] | None = None  # the last status written, to skip identical writes
     completion_time: str | None = None
     resource_version: int | None = None  # of the last status write
+    in_first_round: bool = True
 
 
 class DeliveryEngine:
@@ -79,7 +84,7 @@ class DeliveryEngine:
         kube: KubeClient,
         index: WebhookIndex,
         metrics: Metrics,
-        client: httpx.AsyncClient,
+        client: DeliveryClient,
         on_delivery_final: DeliveryCallback,
     ) -> None:
         self.settings = settings
@@ -97,6 +102,11 @@ class DeliveryEngine:
         self._expiry: list[tuple[float, str, str, str]] = []  # (deadline, uid, namespace, name)
         self._expiry_changed = asyncio.Event()
         self._deleting = asyncio.Semaphore(EXPIRY_CONCURRENCY)
+        self._first_rounds = 0  # jobs whose first round of attempts has not ended
+        self._queued = 0  # jobs not yet running, plus attempts waiting for a global slot
+        self.max_queued = QUEUED_PER_SLOT * settings.max_concurrency
+        self.max_first_rounds = MAX_FIRST_ROUNDS
+        self._capacity = asyncio.Event()  # set when the backlog has shrunk since the last wait
         self.status_writes = 0
 
     # -- watch entry point --------------------------------------------------------------
@@ -175,7 +185,34 @@ class DeliveryEngine:
             redelivery=redelivery,
         )
 
+    def backlogged(self) -> bool:
+        """True while the operator as a whole has enough work queued: the watch holds back new events.
+
+        Attempts waiting for their own webhook's slot (``--per-webhook-concurrency``) do not count,
+        so one slow webhook cannot stall the others; only the hard cap on events in their first
+        round bounds memory in that case.
+        """
+        return self._queued >= self.max_queued or self._first_rounds >= self.max_first_rounds
+
+    async def wait_for_capacity(self) -> None:
+        """Return once the engine is not backlogged (at once, usually)."""
+        while self.backlogged():
+            self._capacity.clear()
+            await self._capacity.wait()
+
+    def _dequeued(self) -> None:
+        self._queued -= 1
+        self._capacity.set()
+
+    def _first_round_over(self, job: EventJob) -> None:
+        if job.in_first_round:
+            job.in_first_round = False
+            self._first_rounds -= 1
+            self._capacity.set()
+
     def _start(self, job: EventJob) -> None:
+        self._first_rounds += 1
+        self._queued += 1
         self._jobs[job.uid] = job
         task = asyncio.ensure_future(self._run(job))
         self._tasks.add(task)
@@ -183,6 +220,7 @@ class DeliveryEngine:
 
     # -- one event ----------------------------------------------------------------------
     async def _run(self, job: EventJob) -> None:
+        self._dequeued()
         try:
             fresh = not job.deliveries and job.redelivery is None
             if fresh:
@@ -199,6 +237,7 @@ class DeliveryEngine:
         except Exception:
             log.exception("delivering event %s/%s failed unexpectedly", job.namespace, job.name)
         finally:
+            self._first_round_over(job)
             self._jobs.pop(job.uid, None)
             self._remember_finished(job)
             if job.next_redelivery and not job.gone:
@@ -260,13 +299,20 @@ class DeliveryEngine:
             hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.uid, data=job.data
         )
         assert state.limiter is not None
-        async with self._global, state.limiter:
+        # The webhook's own slot first: attempts queued behind a slow webhook hold no global slot.
+        async with state.limiter:
+            self._queued += 1
+            try:
+                await self._global.acquire()
+            finally:
+                self._dequeued()
             in_flight = self.metrics.in_flight.labels(job.namespace, state.name)
             in_flight.inc()
             try:
                 result = await send(self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds)
             finally:
                 in_flight.dec()
+                self._global.release()
         self.metrics.attempt(
             job.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
         )
@@ -302,8 +348,10 @@ class DeliveryEngine:
 
     async def _round_done(self, job: EventJob) -> None:
         job.running -= 1
-        if job.running == 0 and not job.gone:
-            await self._write(job, final=False)
+        if job.running == 0:
+            self._first_round_over(job)
+            if not job.gone:
+                await self._write(job, final=False)
 
     async def _write(self, job: EventJob, *, final: bool) -> None:
         async with job.write_lock:
