@@ -381,5 +381,6 @@ async def test_a_stale_watch_event_does_not_restart_an_event_that_just_finished(
     stale["metadata"]["resourceVersion"] = "119"
     await engine.on_event("MODIFIED", stale)
     assert engine.active_jobs == 0, "a status older than our last write must not start a job"
+    assert engine._is_stale(job.uid, "120")  # the echo of that write: its expiry is already queued
     assert not engine._is_stale(job.uid, "121")
     assert not engine._is_stale("another-uid", "1")
