@@ -35,6 +35,7 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 # Longer than the usual 5 s so steady traffic reuses connections, shorter than common server idle timeouts.
 KEEPALIVE_EXPIRY_SECONDS = 15.0
 RESPONSE_BODY_LIMIT = 1024
+TARGET_CACHE_SIZE = 10_000  # distinct webhook URLs whose parsed form is kept
 
 
 class DeliveryError(Exception):
@@ -124,6 +125,7 @@ class DeliveryClient:
         self.user_agent = user_agent
         self._resolver = GuardedResolver(policy, resolve)
         self._session: aiohttp.ClientSession | None = None
+        self._targets: dict[str, URL | BlockedDestinationError] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running event loop aiohttp binds to.
@@ -150,17 +152,11 @@ class DeliveryClient:
         self, url: str, body: bytes, headers: dict[str, str], *, timeout_s: float = DEFAULT_TIMEOUT_SECONDS
     ) -> DeliveryResponse:
         """POST ``body``; raises a DeliveryError subclass when no HTTP response came back."""
-        host = URL(url).host or ""
-        literal = ip_literal(host)
-        if literal is not None:  # aiohttp dials IP literals without asking the resolver
-            try:
-                await allowed_addresses(host, 0, self.policy)
-            except BlockedDestination as exc:
-                raise BlockedDestinationError(exc) from None
+        target = await self._target(url)
         session = self._open()
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with session.post(url, data=body, headers=headers, allow_redirects=False, timeout=timeout) as resp:
+            async with session.post(target, data=body, headers=headers, allow_redirects=False, timeout=timeout) as resp:
                 chunks = bytearray()
                 while len(chunks) < RESPONSE_BODY_LIMIT:
                     chunk = await resp.content.read(RESPONSE_BODY_LIMIT - len(chunks))
@@ -181,6 +177,27 @@ class DeliveryClient:
             raise DeliveryConnectError(f"cannot connect to {exc.host} port {exc.port}: {cause}", cause) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise DeliveryConnectError(_cause(exc)) from None
+
+    async def _target(self, url: str) -> URL:
+        """The parsed URL, once per distinct URL; an IP literal is checked against the policy here,
+        since aiohttp dials literals without asking the resolver. The policy never changes, so
+        the verdict is kept too."""
+        cached = self._targets.get(url)
+        if cached is None:
+            parsed = URL(url)
+            host = parsed.host or ""
+            verdict: URL | BlockedDestinationError = parsed
+            if ip_literal(host) is not None:
+                try:
+                    await allowed_addresses(host, 0, self.policy)
+                except BlockedDestination as exc:
+                    verdict = BlockedDestinationError(exc)
+            if len(self._targets) >= TARGET_CACHE_SIZE:
+                self._targets.clear()
+            self._targets[url] = cached = verdict
+        if isinstance(cached, BlockedDestinationError):
+            raise BlockedDestinationError(cached.violation)
+        return cached
 
     async def aclose(self) -> None:
         if self._session is not None:
