@@ -79,7 +79,7 @@ async def _api_error(response: aiohttp.ClientResponse) -> ApiError:
 class KubeClient:
     """JSON over one keep-alive connection pool (aiohttp, as kopf uses); counts the requests it makes."""
 
-    def __init__(self, credentials: Credentials, *, max_connections: int = 20) -> None:
+    def __init__(self, credentials: Credentials, *, max_connections: int = 64) -> None:
         self.credentials = credentials
         self._server = credentials.server.rstrip("/")
         self._ssl = ssl_context(credentials)
@@ -181,6 +181,18 @@ class KubeClient:
         result = await self.request("GET", path, params=params)
         items = result.get("items", [])
         return items if isinstance(items, list) else []
+
+    async def list_pages(self, path: str, *, page_size: int = 250) -> AsyncIterator[list[dict[str, Any]]]:
+        """A list, a page at a time, so that a large one never sits in memory whole."""
+        token = ""
+        while True:
+            params = {"limit": str(page_size), **({"continue": token} if token else {})}
+            page = await self.request("GET", path, params=params)
+            items = page.get("items") or []
+            yield items if isinstance(items, list) else []
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body=body)

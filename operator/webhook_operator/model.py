@@ -105,3 +105,17 @@ def format_time_ms(value: dt.datetime) -> str:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def slim_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """``body`` without what the operator never reads but would keep per webhook in memory:
+    ``managedFields`` and kubectl's copy of the last applied manifest."""
+    meta = dict(body.get("metadata") or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations and LAST_APPLIED_ANNOTATION in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED_ANNOTATION}
+    return {**body, "metadata": meta}

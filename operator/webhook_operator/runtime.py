@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +67,10 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
         start_http_server(settings.metrics_port, settings.bind_address, registry=runtime.metrics.registry)
     scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:
-        for body in await _list_with_retries(runtime.kube, resource_path("webhooks", namespace)):
-            body.setdefault("kind", "Webhook")
-            await runtime.webhooks.reconcile(body)
+        async for page in _pages_with_retries(runtime.kube, resource_path("webhooks", namespace)):
+            for body in page:
+                body.setdefault("kind", "Webhook")
+                await runtime.webhooks.reconcile(body)
     log.info("loaded %d webhook(s); delivering", len(runtime.index))
     runtime.tasks.append(asyncio.create_task(runtime.webhooks.health_loop(), name="health"))
     runtime.tasks.append(asyncio.create_task(runtime.engine.expiry_loop(), name="event-ttl"))
@@ -84,17 +86,23 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
         runtime.tasks.append(asyncio.create_task(watch.run(), name=f"watch-events-{namespace or 'all'}"))
 
 
-async def _list_with_retries(kube: KubeClient, path: str, attempts: int = 30) -> list[dict[str, Any]]:
-    """List, riding out an API server that is still starting (429 "storage is (re)initializing", 5xx)."""
+async def _pages_with_retries(kube: KubeClient, path: str, attempts: int = 30) -> AsyncIterator[list[dict[str, Any]]]:
+    """List page by page, riding out an API server that is still starting (429 "storage is
+    (re)initializing", 5xx) before the first page; a failure after that is raised."""
     for attempt in range(attempts):
+        pages = kube.list_pages(path)
         try:
-            return await kube.list_items(path)
+            first = await anext(pages)
         except ApiError as exc:
             if (exc.status != 429 and exc.status < 500) or attempt == attempts - 1:
                 raise
             log.info("listing %s: %s; retrying", path, exc)
-        await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
-    raise AssertionError("unreachable")
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+            continue
+        yield first
+        async for page in pages:
+            yield page
+        return
 
 
 async def stop(runtime: Runtime) -> None:

@@ -25,6 +25,7 @@ from webhook_operator.model import (
     now,
     parse_webhook_spec,
     signing_secret_name,
+    slim_body,
 )
 from webhook_operator.policy import BlockedDestination, PolicyViolation, allowed_addresses, parse_url
 from webhook_operator.recorder import record
@@ -110,7 +111,7 @@ class WebhookController:
         )
         state = self.index.get(namespace, name)
         if state is not None and state.uid == uid and state.fingerprint == fingerprint and state.ready and not force:
-            state.body = body
+            state.body = slim_body(body)
             return
         if state is None or state.uid != uid:
             state = WebhookState(
@@ -119,7 +120,7 @@ class WebhookController:
                 uid=uid,
                 generation=int(meta.get("generation") or 0),
                 spec=parse_webhook_spec(body.get("spec") or {}),
-                body=body,
+                body=slim_body(body),
                 health=HealthWindow.from_status(status.get("health")),
                 limiter=asyncio.Semaphore(self.settings.per_webhook_concurrency),
             )
@@ -157,7 +158,7 @@ class WebhookController:
                 keys = await ensure_signing_keys(self.kube, body, spec, now())
 
         state.spec = spec
-        state.body = body
+        state.body = slim_body(body)
         state.generation = int(meta.get("generation") or 0)
         state.url = url
         state.headers = headers
@@ -232,7 +233,7 @@ class WebhookController:
         if unchanged:
             return
         result = await self.kube.merge_patch(webhook_path(state.namespace, state.name, "status"), {"status": desired})
-        state.body = result or state.body
+        state.body = slim_body(result) if result else state.body
         self._health_written[state.key] = desired.get("health", {})
 
     async def _rotate(
@@ -366,7 +367,7 @@ class WebhookController:
                     state.health_dirty = True
                     log.warning("writing health of %s failed, will retry: %s", state.hook_id, exc)
                     continue
-                state.body = result or state.body
+                state.body = slim_body(result) if result else state.body
                 self._health_written[state.key] = health
 
     async def health_loop(self) -> None:

@@ -155,24 +155,3 @@ def test_in_cluster_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert creds.server == "https://[fd00::1]:443"
     assert creds.token == "sa-token" and creds.token_path == str(tmp_path / "token")
     assert creds.ca_path == str(tmp_path / "ca.crt") and creds.default_namespace == "webhook-operator"
-
-
-def test_the_operator_process_does_not_load_the_kubernetes_package(tmp_path: Path) -> None:
-    """`webhook-operator run` keeps kopf from importing client libraries it is never given."""
-    import subprocess
-    import sys
-
-    path = write(tmp_path / "config", config(cluster={"server": "https://127.0.0.1:1"}, user={"token": "t"}))
-    probe = (
-        "import sys\n"
-        "from webhook_operator.cli import keep_unused_clients_out\n"
-        "keep_unused_clients_out()\n"
-        "import kopf, webhook_operator.handlers, webhook_operator.runtime\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kubernetes', 'pykube') "
-        "and sys.modules[m] is not None))\n"
-    )
-    env = {**os.environ, "KUBECONFIG": str(path)}
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-
-    assert result.stdout.strip() == "[]"

@@ -121,3 +121,28 @@ def test_times_are_written_in_utc_as_kubernetes_does() -> None:
     assert format_time(local) == "2026-11-28T03:00:01Z"
     assert format_time_ms(local) == "2026-11-28T03:00:01.987Z"
     assert parse_time(format_time(local)) == local.replace(microsecond=0)
+
+
+def test_the_kept_body_drops_managed_fields_and_the_last_applied_copy_only() -> None:
+    from webhook_operator.model import LAST_APPLIED_ANNOTATION, slim_body
+
+    body = {
+        "apiVersion": "webhook-operator.io/v1alpha1",
+        "kind": "Webhook",
+        "metadata": {
+            "name": "billing-sync",
+            "namespace": "shop",
+            "uid": "u1",
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {LAST_APPLIED_ANNOTATION: '{"spec": {}}', "webhook-operator.io/test-requested-at": "1"},
+        },
+        "spec": {"url": "https://hooks.example.com/x", "events": ["User.Created"]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+    slim = slim_body(body)
+
+    assert "managedFields" not in slim["metadata"]
+    assert slim["metadata"]["annotations"] == {"webhook-operator.io/test-requested-at": "1"}
+    assert {k: v for k, v in slim.items() if k != "metadata"} == {k: v for k, v in body.items() if k != "metadata"}
+    assert body["metadata"]["managedFields"] and LAST_APPLIED_ANNOTATION in body["metadata"]["annotations"]
