@@ -47,7 +47,7 @@ e2e:
 test: install lint
 	$(PYTHON) -m pytest tests -q -ra $(PYTEST_ARGS)
 
-bench:
+bench: install
 	$(PYTHON) -m tests.bench.run
 
 sync-chart-crds:

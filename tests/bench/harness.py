@@ -20,12 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import kubernetes
+import aiohttp
 
 from webhook_operator import GROUP, VERSION
-from webhook_operator.delivery.transport import PooledTransport
 from webhook_operator.kube import Credentials, ssl_context
+from webhook_operator.kubeconfig import from_kubeconfig
 
 API_VERSION = f"{GROUP}/{VERSION}"
 FINAL_PHASES = frozenset({"Delivered", "PartiallyFailed", "Failed", "NoSubscribers"})
@@ -109,9 +108,8 @@ class CpuMeter:
         took = time.monotonic() - self._began
         end = self._read()
         self.shares = {k: round((end[k] - self._start.get(k, 0.0)) / took, 3) for k in end}
-        self.shares["others"] = round(
-            self.shares["machine"] - sum(v for k, v in self.shares.items() if k != "machine"), 3
-        )
+        ours = sum(v for k, v in self.shares.items() if k != "machine")
+        self.shares["others"] = max(0.0, round(self.shares["machine"] - ours, 3))  # sampling can round below 0
         return self.shares
 
 
@@ -146,19 +144,8 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 # -- the API -----------------------------------------------------------------------------
 def credentials_for(kubeconfig: Path) -> Credentials:
-    """Credentials of a kubeconfig file (the ``kubernetes`` package reads $KUBECONFIG only at import)."""
-    config = kubernetes.client.Configuration()
-    kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=config)
-    return Credentials(
-        server=config.host.rstrip("/"),
-        ca_path=config.ssl_ca_cert,
-        verify=bool(config.verify_ssl),
-        cert_path=config.cert_file,
-        key_path=config.key_file,
-        token=None,
-        token_path=None,
-        default_namespace=None,
-    )
+    """Credentials of a kubeconfig file."""
+    return from_kubeconfig([kubeconfig])
 
 
 def events_path(namespace: str) -> str:
@@ -173,32 +160,44 @@ class Api:
     """The benchmark's own API client: concurrent creates, lists, watches and the server's metrics."""
 
     def __init__(self, credentials: Credentials, concurrency: int) -> None:
-        # The operator's own transport (as KubeClient uses it): with httpx's stock pool the load
-        # generator, not the API server, would set the "raw" create rate.
-        self.client = httpx.AsyncClient(
-            base_url=credentials.server,
-            transport=PooledTransport(
-                ssl_context=ssl_context(credentials),
-                limits=httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4),
-            ),
-            timeout=httpx.Timeout(60.0),
-            trust_env=False,
-        )
+        # aiohttp, as the operator uses: with a slower client the load generator, not the API
+        # server, would set the "raw" create rate.
+        self.server = credentials.server
+        self._ssl = ssl_context(credentials)
+        self._limit = concurrency + 4
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._limit),
+                timeout=aiohttp.ClientTimeout(total=60.0),
+                trust_env=False,
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+    async def raw(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json", **params: str
+    ) -> tuple[int, bytes]:
+        async with self.session.request(
+            method,
+            self.server + path,
+            params=params or None,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"content-type": content_type} if body is not None else None,
+        ) as response:
+            return response.status, await response.read()
 
     async def request(self, method: str, path: str, body: Any = None, **params: str) -> dict[str, Any]:
-        response = await self.client.request(
-            method,
-            path,
-            params=params or None,
-            content=None if body is None else json.dumps(body).encode(),
-            headers={"content-type": "application/json"} if body is not None else None,
-        )
-        if response.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-        result = response.json() if response.content else {}
+        status, content = await self.raw(method, path, body, **params)
+        if status >= 400:
+            raise RuntimeError(f"{method} {path}: {status} {content[:300].decode(errors='replace')}")
+        result = json.loads(content) if content else {}
         return result if isinstance(result, dict) else {}
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -208,13 +207,11 @@ class Api:
         return str((await self.request("GET", "/version")).get("gitVersion", ""))
 
     async def ensure_namespace(self, name: str) -> None:
-        response = await self.client.post(
-            "/api/v1/namespaces",
-            content=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}).encode(),
-            headers={"content-type": "application/json"},
+        status, content = await self.raw(
+            "POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
         )
-        if response.status_code not in (201, 409):
-            raise RuntimeError(f"creating namespace {name}: {response.status_code} {response.text[:300]}")
+        if status not in (201, 409):
+            raise RuntimeError(f"creating namespace {name}: {status} {content[:300].decode(errors='replace')}")
 
     async def delete_events(self, namespace: str) -> None:
         """Delete every WebhookEvent of the namespace and wait until none is left."""
@@ -249,9 +246,9 @@ class Api:
 
     async def request_counts(self) -> dict[RequestKey, float]:
         """apiserver_request_total summed by (group, resource, subresource, verb)."""
-        response = await self.client.get("/metrics")
+        _, content = await self.raw("GET", "/metrics")
         counts: dict[RequestKey, float] = defaultdict(float)
-        for match in REQUEST_TOTAL.finditer(response.text):
+        for match in REQUEST_TOTAL.finditer(content.decode()):
             labels = dict(LABEL.findall(match.group("labels")))
             key = (labels.get("group", ""), labels.get("resource", ""), labels.get("subresource", ""), labels["verb"])
             counts[key] += float(match.group("value"))
@@ -267,6 +264,7 @@ class Watch:
     done: Callable[[dict[str, Any]], bool]
     label_selector: str | None = None
     done_at: dict[str, float] = field(default_factory=dict)
+    seen_at: dict[str, float] = field(default_factory=dict)  # when each object first showed on the watch
     target: int = 0
     _reached: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
@@ -288,12 +286,14 @@ class Watch:
             if self.label_selector:
                 watch_params["labelSelector"] = self.label_selector
             try:
-                async with self.api.client.stream(
-                    "GET", self.path, params=watch_params, timeout=httpx.Timeout(60.0, read=None)
+                async with self.api.session.get(
+                    self.api.server + self.path,
+                    params=watch_params,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=60.0),
                 ) as response:
                     self._ready.set()
-                    async for line in response.aiter_lines():
-                        if not line:
+                    async for line in response.content:
+                        if not line.strip():
                             continue
                         item = json.loads(line)
                         obj = item.get("object") or {}
@@ -301,11 +301,12 @@ class Watch:
                             raise RuntimeError(f"watch error: {obj.get('message')}")
                         version = obj.get("metadata", {}).get("resourceVersion", version)
                         name = obj.get("metadata", {}).get("name", "")
+                        self.seen_at.setdefault(name, time.time())
                         if item.get("type") in ("ADDED", "MODIFIED") and name not in self.done_at and self.done(obj):
                             self.done_at[name] = time.time()
                             if self.target and len(self.done_at) >= self.target:
                                 self._reached.set()
-            except (httpx.HTTPError, RuntimeError):
+            except (aiohttp.ClientError, RuntimeError):
                 await asyncio.sleep(0.2)  # resume from the last version seen
 
     async def wait(self, target: int, within_s: float) -> bool:

@@ -6,11 +6,12 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from tests.bench.harness import (
@@ -33,7 +34,7 @@ from tests.bench.harness import (
 from tests.bench.receiver import ReceiverProcess
 from webhook_operator.delivery.attempt import send
 from webhook_operator.delivery.engine import DeliveryEngine
-from webhook_operator.delivery.transport import PooledTransport, make_client
+from webhook_operator.delivery.transport import make_client
 from webhook_operator.index import WebhookState
 from webhook_operator.model import parse_webhook_spec
 from webhook_operator.policy import DestinationPolicy, parse_url
@@ -179,26 +180,41 @@ async def baseline(ctx: Context) -> dict[str, Any]:
     }
 
 
-async def raw_post_rate(ctx: Context, count: int, *, operator_pool: bool = False) -> dict[str, Any]:
-    """Plain httpx POSTs of a delivery-sized body; ``operator_pool`` swaps in the operator's connection pool."""
+async def raw_post_rate(ctx: Context, count: int, *, client_kind: str = "httpx") -> dict[str, Any]:
+    """Plain POSTs of a delivery-sized body, nothing else: stock httpx, or aiohttp (the operator's HTTP stack)."""
     p = ctx.params
     body = delivery_body(ctx.pad)
-    limits = httpx.Limits(max_connections=p.concurrency, max_keepalive_connections=p.concurrency)
-    transport = PooledTransport(ssl_context=ctx.receiver.ssl_context(), limits=limits) if operator_pool else None
-    async with httpx.AsyncClient(
-        verify=ctx.receiver.ssl_context(), limits=limits, transport=transport, trust_env=False
-    ) as client:
-        url = ctx.receiver.url("/raw")
+    url = ctx.receiver.url("/raw")
+    headers = {"content-type": "application/json"}
+    closing: Callable[[], Awaitable[None]]
+    if client_kind == "aiohttp":
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ctx.receiver.ssl_context(), limit=p.concurrency), trust_env=False
+        )
 
         async def one(_: int) -> None:
-            response = await client.post(url, content=body, headers={"content-type": "application/json"})
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+                response.raise_for_status()
+
+        closing = session.close
+    else:
+        limits = httpx.Limits(max_connections=p.concurrency, max_keepalive_connections=p.concurrency)
+        client = httpx.AsyncClient(verify=ctx.receiver.ssl_context(), limits=limits, trust_env=False)
+
+        async def one(_: int) -> None:
+            response = await client.post(url, content=body, headers=headers)
             response.raise_for_status()
 
+        closing = client.aclose
+    try:
         await run_bounded(min(200, count), p.concurrency, one)
         receiver_cpu, own_cpu = cpu_seconds(ctx.receiver.pid), time.process_time()
         began = time.perf_counter()
         await run_bounded(count, p.concurrency, one)
         took = time.perf_counter() - began
+    finally:
+        await closing()
     return {
         "raw_post_rate": count / took,
         "raw_cpu_ms_per_post": (time.process_time() - own_cpu) / count * 1000,
@@ -209,7 +225,7 @@ async def raw_post_rate(ctx: Context, count: int, *, operator_pool: bool = False
 
 # -- 4. the engine in-process --------------------------------------------------------------
 async def engine(ctx: Context) -> dict[str, Any]:
-    """Deliveries/s of sign + POST + record (``send`` + ``DeliveryEngine._apply``) against raw httpx."""
+    """Deliveries/s of sign + POST + record (``send`` + ``DeliveryEngine._apply``) against raw POST loops."""
     p = ctx.params
     url = ctx.receiver.url("/engine")
     spec = parse_webhook_spec({"url": url, "events": ["*"]})
@@ -254,6 +270,7 @@ async def engine(ctx: Context) -> dict[str, Any]:
     raw_rates: list[float] = []
     raw_cpu: list[float] = []
     pooled_rates: list[float] = []
+    pooled_cpu: list[float] = []
     engine_rates: list[float] = []
     engine_cpu: list[float] = []
     try:
@@ -262,8 +279,9 @@ async def engine(ctx: Context) -> dict[str, Any]:
             raw = await raw_post_rate(ctx, p.engine_deliveries)
             raw_rates.append(raw["raw_post_rate"])
             raw_cpu.append(raw["raw_cpu_ms_per_post"])
-            pooled = await raw_post_rate(ctx, p.engine_deliveries, operator_pool=True)
+            pooled = await raw_post_rate(ctx, p.engine_deliveries, client_kind="aiohttp")
             pooled_rates.append(pooled["raw_post_rate"])
+            pooled_cpu.append(pooled["raw_cpu_ms_per_post"])
             began, cpu = time.perf_counter(), time.process_time()
             await run_bounded(p.engine_deliveries, p.concurrency, deliver)
             engine_rates.append(p.engine_deliveries / (time.perf_counter() - began))
@@ -274,8 +292,9 @@ async def engine(ctx: Context) -> dict[str, Any]:
         "engine_rate": max(engine_rates),
         "engine_raw_rate": max(raw_rates),
         "engine_ratio": max(engine_rates) / max(raw_rates),
-        "engine_raw_rate_operator_pool": max(pooled_rates),
-        "engine_ratio_operator_pool": max(engine_rates) / max(pooled_rates),
+        "engine_raw_rate_aiohttp": max(pooled_rates),
+        "engine_ratio_aiohttp": max(engine_rates) / max(pooled_rates),
+        "raw_aiohttp_cpu_ms_per_post": min(pooled_cpu),
         "engine_cpu_ms_per_delivery": min(engine_cpu),
         "raw_cpu_ms_per_post": min(raw_cpu),
         "engine_failures": failures,
@@ -362,8 +381,6 @@ async def paced(ctx: Context, operator: Operator, namespace: str) -> dict[str, A
     label = "paced"
     count = max(1, round(p.paced_rate * p.paced_seconds))
     watch = await Watch(ctx.api, events_path(namespace), event_final, label_selector=f"bench-run={label}").start()
-    # When each event first shows on a watch: the API server's share of the latency.
-    seen = await Watch(ctx.api, events_path(namespace), lambda _: True, label_selector=f"bench-run={label}").start()
     await ctx.receiver.reset(ctx.http)
     errors = 0
     tasks: set[asyncio.Task[Any]] = set()
@@ -376,7 +393,7 @@ async def paced(ctx: Context, operator: Operator, namespace: str) -> dict[str, A
         created_at[body["metadata"]["name"]] = body["spec"]["data"]["t"] / 1e6
         try:
             await ctx.api.create(path, body)
-        except (RuntimeError, httpx.HTTPError):
+        except (RuntimeError, aiohttp.ClientError):
             errors += 1
 
     meter = ctx.cpu_meter(operator)
@@ -396,9 +413,9 @@ async def paced(ctx: Context, operator: Operator, namespace: str) -> dict[str, A
         meter.stop()
     finally:
         await watch.stop()
-        await seen.stop()
     stats = await ctx.receiver.stats(ctx.http, latencies=True)
-    watch_lag = [(at - created_at[name]) * 1000 for name, at in seen.done_at.items() if name in created_at]
+    # When each event first showed on the watch: the API server's share of the latency.
+    watch_lag = [(at - created_at[name]) * 1000 for name, at in watch.seen_at.items() if name in created_at]
     return {
         "paced_watch_p50_ms": percentile(watch_lag, 50),
         "paced_watch_p99_ms": percentile(watch_lag, 99),
