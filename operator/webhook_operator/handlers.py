@@ -28,6 +28,10 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.posting.level = logging.WARNING
     # kopf waits this long for more events of one object before handling it; keep latency low.
     settings.batching.batch_window = 0.01
+    # kopf keeps a worker per object until it has seen no event for this long. Every health write
+    # makes a Webhook event, so with the default 5 s a thousand busy webhooks kept a thousand
+    # workers (and the last body each saw) alive for as long as deliveries flowed.
+    settings.batching.idle_timeout = 0.5
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.peering.standalone = True
