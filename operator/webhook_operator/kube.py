@@ -176,12 +176,6 @@ class KubeClient:
                 return None
             raise
 
-    async def list_items(self, path: str, *, label_selector: str | None = None) -> list[dict[str, Any]]:
-        params = {"labelSelector": label_selector} if label_selector else None
-        result = await self.request("GET", path, params=params)
-        items = result.get("items", [])
-        return items if isinstance(items, list) else []
-
     async def list_pages(self, path: str, *, page_size: int = 250) -> AsyncIterator[list[dict[str, Any]]]:
         """A list, a page at a time, so that a large one never sits in memory whole."""
         token = ""

@@ -34,7 +34,6 @@ class Runtime:
     webhooks: WebhookController
     engine: DeliveryEngine
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    event_watches: list[ResourceWatch] = field(default_factory=list)
 
 
 def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime:
@@ -82,7 +81,6 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
             runtime.engine.on_event,
             capacity=runtime.engine.wait_for_capacity,
         )
-        runtime.event_watches.append(watch)
         runtime.tasks.append(asyncio.create_task(watch.run(), name=f"watch-events-{namespace or 'all'}"))
 
 
