@@ -123,20 +123,30 @@ def needs_client_library(paths: list[Path] | None = None) -> bool:
     return bool(user.get("exec") or user.get("auth-provider"))
 
 
-def _file_or_data(section: dict[str, Any], key: str, base: Path) -> str | None:
-    """A path for ``key`` (a file name) or ``key-data`` (base64, written to a private temporary file)."""
-    data = section.get(f"{key}-data")
-    if data:
-        handle, name = tempfile.mkstemp(prefix="webhook-operator-", suffix=f"-{key}")
-        with os.fdopen(handle, "wb") as out:
-            out.write(base64.b64decode(data))
-        os.chmod(name, stat.S_IRUSR | stat.S_IWUSR)
-        return name
-    value = section.get(key)
-    if not value:
-        return None
+# Inline data written to files, by content: credentials are loaded again at every (re-)login.
+_written: dict[bytes, str] = {}
+
+
+def _path(value: Any, base: Path) -> str:
     path = Path(str(value)).expanduser()
     return str(path if path.is_absolute() else base / path)
+
+
+def _file_or_data(section: dict[str, Any], key: str, base: Path) -> str | None:
+    """A path for ``key`` (a file name) or ``key-data`` (base64, written once to a private temporary file)."""
+    data = section.get(f"{key}-data")
+    if data:
+        content = base64.b64decode(data)
+        name = _written.get(content)
+        if name is None or not os.path.exists(name):
+            handle, name = tempfile.mkstemp(prefix="webhook-operator-", suffix=f"-{key}")
+            with os.fdopen(handle, "wb") as out:
+                out.write(content)
+            os.chmod(name, stat.S_IRUSR | stat.S_IWUSR)
+            _written[content] = name
+        return name
+    value = section.get(key)
+    return _path(value, base) if value else None
 
 
 def from_kubeconfig(paths: list[Path] | None = None) -> Credentials:
@@ -145,7 +155,7 @@ def from_kubeconfig(paths: list[Path] | None = None) -> Credentials:
     if not server:
         raise ConfigError("the current kubeconfig context's cluster has no server")
     token = ctx.user.get("token")
-    token_path = _file_or_data(ctx.user, "tokenFile", ctx.base) if ctx.user.get("tokenFile") else None
+    token_path = _path(ctx.user["tokenFile"], ctx.base) if ctx.user.get("tokenFile") else None
     if token_path and not token:
         token = Path(token_path).read_text().strip()
     return Credentials(

@@ -399,4 +399,3 @@ def test_webhookevent_status_lists_one_delivery_per_webhook(event_crd: Node) -> 
         "webhook",
     ]
     assert sorted(node_at(status, "redelivery")["properties"]) == ["requestedAt", "startedAt"]
-

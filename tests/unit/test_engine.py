@@ -14,9 +14,9 @@ import pytest
 from standardwebhooks import Webhook as StandardWebhook
 
 from tests.support.receiver import Receiver, Reply
-from webhook_operator.delivery.attempt import RESPONSE_BODY_LIMIT, AttemptResult, send
+from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.engine import DeliveryEngine, format_time_precise
-from webhook_operator.delivery.transport import DeliveryClient, make_client
+from webhook_operator.delivery.transport import RESPONSE_BODY_LIMIT, DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import Credentials, KubeClient
 from webhook_operator.metrics import Metrics

@@ -72,12 +72,17 @@ def test_inline_data_goes_to_private_files_with_the_decoded_bytes(tmp_path: Path
     )
 
     creds = from_kubeconfig([path])
+    again = from_kubeconfig([path])  # every re-login loads credentials again
 
+    assert (again.ca_path, again.cert_path, again.key_path) == (creds.ca_path, creds.cert_path, creds.key_path)
     for written in (creds.ca_path, creds.cert_path, creds.key_path):
         assert written is not None
         assert Path(written).read_bytes() == pem
         assert stat.S_IMODE(os.stat(written).st_mode) == 0o600
-        os.unlink(written)
+    assert creds.ca_path is not None
+    os.unlink(creds.ca_path)
+    rewritten = from_kubeconfig([path]).ca_path  # a removed file is written again
+    assert rewritten is not None and Path(rewritten).read_bytes() == pem
 
 
 def test_tokens_inline_or_from_a_file_and_insecure_skip_verify(tmp_path: Path) -> None:

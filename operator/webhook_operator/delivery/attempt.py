@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 
 from webhook_operator.delivery.transport import (
-    RESPONSE_BODY_LIMIT,
     BlockedDestinationError,
     DeliveryClient,
     DeliveryConnectError,
@@ -62,6 +61,6 @@ async def send(
         failure=None,
         error=error,
         duration_s=duration,
-        response_body=response.body[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="replace"),
+        response_body=response.body.decode("utf-8", errors="replace"),
         retry_after=parse_retry_after(response.headers.get("retry-after"), now()),
     )

@@ -164,8 +164,6 @@ class DeliveryClient:
                         break
                     chunks += chunk
                 return DeliveryResponse(resp.status, resp.headers, bytes(chunks))
-        except DeliveryError:
-            raise
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise DeliveryTimeout(f"timeout after {timeout_s:g}s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
