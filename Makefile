@@ -20,16 +20,16 @@ install: .make/installed
 	@mkdir -p .make && touch $@
 
 binaries:
-	$(PYTHON) -m webhook_operator.cli binaries
+	$(PYTHON) -m devcluster binaries
 
 cluster:
-	$(PYTHON) -m webhook_operator.cli cluster up
+	$(PYTHON) -m devcluster cluster up
 
 cluster-down:
-	$(PYTHON) -m webhook_operator.cli cluster down
+	$(PYTHON) -m devcluster cluster down
 
 dev: install
-	$(PYTHON) -m webhook_operator.cli dev
+	$(PYTHON) -m devcluster dev
 
 lint:
 	$(PYTHON) -m ruff check operator tests

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook_operator.devcluster.controlplane import ControlPlane
+from devcluster.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "crds"

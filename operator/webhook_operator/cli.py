@@ -1,4 +1,4 @@
-"""`webhook-operator`: run the operator, and the developer tools (local cluster, binaries, dev loop)."""
+"""`webhook-operator`: run the operator. The local-cluster tools live in the separate `devcluster` package."""
 
 from __future__ import annotations
 
@@ -76,31 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run_parser = sub.add_parser("run", help="run the operator against the current kubeconfig or in-cluster config")
     add_run_arguments(run_parser)
-    cluster = sub.add_parser(
-        "cluster", help="start/stop the local control plane (etcd, kube-apiserver, kube-controller-manager)"
-    )
-    cluster.add_argument("action", choices=["up", "down", "status"])
-    cluster.add_argument("--state-dir", default=".cluster")
-    binaries = sub.add_parser("binaries", help="find or build the control-plane binaries and print their paths")
-    binaries.add_argument("names", nargs="*")
-    dev = sub.add_parser("dev", help="local control plane + CRDs + operator (--dev) + demo receiver + examples")
-    dev.add_argument("--receiver-port", type=int, default=9443)
     args = parser.parse_args(argv)
 
     if args.command == "run":
         return run(settings_from_args(args))
-    if args.command == "cluster":
-        from webhook_operator.devcluster import controlplane
-
-        return controlplane.main([args.action, "--state-dir", args.state_dir])
-    if args.command == "binaries":
-        from webhook_operator.devcluster import binaries as bins
-
-        return bins.main(args.names)
-    if args.command == "dev":
-        from webhook_operator.devcluster import devloop
-
-        return devloop.main(receiver_port=args.receiver_port)
     return 2
 
 

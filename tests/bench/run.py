@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 
+from devcluster.controlplane import ControlPlane
 from tests.bench import phases
 from tests.bench.harness import Api, Operator, credentials_for, machine_info
 from tests.bench.receiver import ReceiverProcess
-from webhook_operator.devcluster.controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "bench"

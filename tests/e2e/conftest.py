@@ -12,9 +12,9 @@ import pytest
 import trustme
 from pytest_kind import KindCluster
 
+from devcluster import binaries
 from tests.conftest import KIND_CLUSTER_NAME, ROOT, Cluster, KubectlFn
 from tests.e2e.kind_helpers import OPERATOR_NAMESPACE, RELEASE, InClusterReceiver, port_forward
-from webhook_operator.devcluster import binaries
 
 NOT_ON_KIND = "end-to-end tests run on kind: pytest tests/e2e --cluster=kind (needs Docker)"
 IMAGE = "webhook-operator:e2e"

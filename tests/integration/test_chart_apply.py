@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
+from devcluster import binaries
 from tests.support.operator_process import OperatorProcess
 from tests.support.receiver import Receiver
-from webhook_operator.devcluster import binaries
 
 pytestmark = pytest.mark.integration
 

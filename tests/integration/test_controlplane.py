@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from devcluster.controlplane import ControlPlane
 from tests.conftest import Cluster, KubectlFn
-from webhook_operator.devcluster.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def _wait(predicate: object, timeout: float = 60.0, what: str = "condition") -> 
 def test_api_server_is_ready_and_reports_the_pinned_release(kubectl: KubectlFn, cluster: Cluster) -> None:
     assert kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
     if cluster.kind == "local":
-        from webhook_operator.devcluster.binaries import KUBERNETES_VERSION
+        from devcluster.binaries import KUBERNETES_VERSION
 
         version = json.loads(kubectl("get", "--raw", "/version").stdout)
         assert version["gitVersion"] == KUBERNETES_VERSION

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from webhook_operator.devcluster import binaries
+from devcluster import binaries
 
 GO_MOD = """module k8s.io/kubernetes
 

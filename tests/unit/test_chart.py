@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from webhook_operator.devcluster import binaries
+from devcluster import binaries
 from webhook_operator.settings import Settings, add_run_arguments, settings_from_args
 
 REPO = Path(__file__).resolve().parents[2]

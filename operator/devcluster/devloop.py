@@ -25,8 +25,8 @@ from typing import Any
 
 import kubernetes
 
-from webhook_operator.devcluster.controlplane import ControlPlane
-from webhook_operator.devcluster.pki import CertificateAuthority
+from devcluster.controlplane import ControlPlane
+from devcluster.pki import CertificateAuthority
 from webhook_operator.model import PREVIOUS_KEY, SIGNING_KEY, signing_secret_name
 from webhook_operator.signing import logto_signature, standard_signature
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from webhook_operator.devcluster import binaries
-from webhook_operator.devcluster.pki import CertificateAuthority, Pair, write_service_account_keys
+from devcluster import binaries
+from devcluster.pki import CertificateAuthority, Pair, write_service_account_keys
 
 STATE_FILE = "state.json"
 READY_TIMEOUT_S = 90.0
