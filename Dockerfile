@@ -1,8 +1,13 @@
-# syntax=docker/dockerfile:1
 # The operator image: a wheel built in one stage, installed into a clean slim image in the next,
 # so the final image carries no compilers, no build backend and no source tree.
+# No `# syntax=` line: BuildKit's built-in frontend suffices, and a pinned one would be fetched
+# from a registry at every build.
 
-FROM python:3.11.13-slim-bookworm AS builder
+# The base: the official Python slim image by default. `make image` passes a local Debian-based
+# stand-in where no image registry is reachable.
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm
+
+FROM ${BASE_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
@@ -14,9 +19,10 @@ COPY operator/ operator/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 
-FROM python:3.11.13-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG VERSION=0.1.0
+ARG BASE_IMAGE
 LABEL org.opencontainers.image.title="webhook-operator" \
       org.opencontainers.image.description="Kubernetes operator that delivers signed, retried, observable webhooks" \
       org.opencontainers.image.source="https://github.com/webhook-operator/webhook-operator" \
@@ -24,7 +30,7 @@ LABEL org.opencontainers.image.title="webhook-operator" \
       org.opencontainers.image.documentation="https://github.com/webhook-operator/webhook-operator/blob/main/docs/install.md" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11.13-slim-bookworm"
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

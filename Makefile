@@ -3,13 +3,15 @@ PYTHON ?= python3
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)/operator:$(PYTHONPATH)
 
-.PHONY: help install binaries cluster cluster-down dev test lint unit integration e2e bench sync-chart-crds
+.PHONY: help install system binaries cluster cluster-node cluster-down image dev test lint unit integration e2e bench sync-chart-crds
 
 help:
 	@echo "make dev           local control plane + CRDs + operator (--dev) + demo receiver + examples"
-	@echo "make test          lint, unit, integration (local control plane), e2e (kind; skipped without Docker)"
+	@echo "make test          lint, unit, integration (local control plane), e2e (real node; or kind)"
 	@echo "make cluster       start the local control plane in the background (.cluster/kubeconfig)"
-	@echo "make cluster-down  stop it and remove its state"
+	@echo "make cluster-node  the local control plane plus one real kubelet node (containerd, CNI, kube-proxy; root)"
+	@echo "make image         build the Dockerfile as webhook-operator:dev (and import it into the node, if one runs)"
+	@echo "make cluster-down  stop the control plane and its node and remove their state"
 	@echo "make bench         benchmarks (not part of make test)"
 
 # Reinstalled only when pyproject.toml changes.
@@ -25,8 +27,14 @@ binaries:
 cluster:
 	$(PYTHON) -m devcluster cluster up
 
+cluster-node:
+	$(PYTHON) -m devcluster node up
+
 cluster-down:
 	$(PYTHON) -m devcluster cluster down
+
+image:
+	$(PYTHON) -m devcluster image
 
 dev: install
 	$(PYTHON) -m devcluster dev
@@ -44,7 +52,11 @@ integration:
 e2e:
 	$(PYTHON) -m pytest tests/e2e -q -ra --cluster=kind $(PYTEST_ARGS)
 
-test: install lint
+# Debian packages the tests and the node need (installed as root; otherwise one line says what).
+system:
+	@$(PYTHON) -m devcluster system
+
+test: install system lint
 	$(PYTHON) -m pytest tests -q -ra $(PYTEST_ARGS)
 
 bench: install

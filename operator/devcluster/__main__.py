@@ -14,6 +14,12 @@ def main(argv: list[str] | None = None) -> int:
     cluster.add_argument("--state-dir", default=".cluster")
     binaries = sub.add_parser("binaries", help="find or build the binaries and print their paths")
     binaries.add_argument("names", nargs="*")
+    node = sub.add_parser("node", help="start/stop the local control plane plus one real kubelet node")
+    node.add_argument("action", choices=["up", "down", "status"])
+    node.add_argument("--state-dir", default=".cluster")
+    image = sub.add_parser("image", help="build the Dockerfile as webhook-operator:dev; import it into a running node")
+    image.add_argument("--state-dir", default=".cluster")
+    sub.add_parser("system", help="install the Debian packages the tests and the node need (as root)")
     dev = sub.add_parser("dev", help="local control plane + CRDs + operator (--dev) + demo receiver + examples")
     dev.add_argument("--receiver-port", type=int, default=9443)
     args = parser.parse_args(argv)
@@ -22,6 +28,20 @@ def main(argv: list[str] | None = None) -> int:
         from devcluster import controlplane
 
         return controlplane.main([args.action, "--state-dir", args.state_dir])
+    if args.command == "node":
+        from devcluster import node as node_module
+
+        return node_module.main([args.action, "--state-dir", args.state_dir])
+    if args.command == "image":
+        from pathlib import Path
+
+        from devcluster import image as image_module
+
+        return image_module.main(Path(args.state_dir).resolve())
+    if args.command == "system":
+        from devcluster import system
+
+        return system.ensure()
     if args.command == "binaries":
         from devcluster import binaries as bins
 

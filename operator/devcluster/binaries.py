@@ -27,6 +27,8 @@ HELM_KUBE_MINOR = "36"
 RECIPE_REVISION = {"kubernetes": "", "etcd": "", "helm": "-r2"}
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager")
+# A real node beside the control plane (make cluster-node): built only when a node is asked for.
+NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy")
 ALL_BINARIES = ("etcd", *KUBE_BINARIES, "helm")
 
 
@@ -107,14 +109,16 @@ def _download_module_go_mod(module: str, version: str, workdir: Path) -> str:
     return Path(match.group(1)).read_text()
 
 
-def kubernetes_recipe(workdir: Path, version: str = KUBERNETES_VERSION) -> Recipe:
+def kubernetes_recipe(
+    workdir: Path, version: str = KUBERNETES_VERSION, names: tuple[str, ...] = KUBE_BINARIES, family: str = "kubernetes"
+) -> Recipe:
     major, minor = _minor(version)
     upstream = _download_module_go_mod("k8s.io/kubernetes", version, workdir)
     go_line = re.search(r"^go\s+(\S+)", upstream, re.M)
     godebug = re.search(r"^godebug\s+.+$", upstream, re.M)
     replaces = staging_replacements(upstream, version)
     lines = [
-        "module webhook-operator.io/devcluster/kubernetes",
+        f"module webhook-operator.io/devcluster/{family}",
         "",
         f"go {go_line.group(1) if go_line else '1.24'}",
         godebug.group(0) if godebug else "",
@@ -125,7 +129,7 @@ def kubernetes_recipe(workdir: Path, version: str = KUBERNETES_VERSION) -> Recip
         *[f"\t{module} => {module} {v}" for module, v in replaces],
         ")",
         "",
-        *[f"tool k8s.io/kubernetes/cmd/{name}" for name in KUBE_BINARIES],
+        *[f"tool k8s.io/kubernetes/cmd/{name}" for name in names],
         "",
     ]
     build_date = "1970-01-01T00:00:00Z"
@@ -142,11 +146,11 @@ def kubernetes_recipe(workdir: Path, version: str = KUBERNETES_VERSION) -> Recip
         for k, v in pairs.items()
     )
     return Recipe(
-        key=f"kubernetes-{version}",
-        binaries=KUBE_BINARIES,
+        key=f"{family}-{version}",
+        binaries=names,
         go_mod="\n".join(lines),
         main_go={},
-        packages={name: f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_BINARIES},
+        packages={name: f"k8s.io/kubernetes/cmd/{name}" for name in names},
         ldflags=f"-s -w {ldflags}",
     )
 
@@ -209,6 +213,8 @@ def _build_locked(recipe_name: str, root: Path, workdir: Path) -> Path:
     started = time.monotonic()
     if recipe_name == "kubernetes":
         recipe = kubernetes_recipe(workdir)
+    elif recipe_name == "kubernetes-node":
+        recipe = kubernetes_recipe(workdir, names=NODE_BINARIES, family="kubernetes-node")
     elif recipe_name == "etcd":
         recipe = etcd_recipe()
     elif recipe_name == "helm":
@@ -241,12 +247,19 @@ def _build_locked(recipe_name: str, root: Path, workdir: Path) -> Path:
     return bindir
 
 
-RECIPE_OF = {"etcd": "etcd", "kube-apiserver": "kubernetes", "kube-controller-manager": "kubernetes", "helm": "helm"}
+RECIPE_OF = {
+    "etcd": "etcd",
+    "kube-apiserver": "kubernetes",
+    "kube-controller-manager": "kubernetes",
+    "helm": "helm",
+    **dict.fromkeys(NODE_BINARIES, "kubernetes-node"),
+}
 
 
 def cached_dir(binary: str) -> Path:
     key = {
         "kubernetes": f"kubernetes-{KUBERNETES_VERSION}",
+        "kubernetes-node": f"kubernetes-node-{KUBERNETES_VERSION}",
         "etcd": f"etcd-{ETCD_VERSION}",
         "helm": f"helm-{HELM_VERSION}{RECIPE_REVISION['helm']}",
     }[RECIPE_OF[binary]]

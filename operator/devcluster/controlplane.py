@@ -150,6 +150,11 @@ class ControlPlane:
         )
         admin = ca.issue("admin", common_name="admin", organization="system:masters", client=True)
         kcm = ca.issue("controller-manager", common_name="system:kube-controller-manager", client=True)
+        # How the API server authenticates to a kubelet (logs, exec, port-forward) once a node joins.
+        kubelet_client = ca.issue(
+            "apiserver-kubelet-client", common_name="kube-apiserver-kubelet-client", organization="system:masters",
+            client=True,
+        )  # fmt: skip
         sa = write_service_account_keys(pki_dir)
 
         etcd_port, etcd_peer, api_port, kcm_port = free_port(), free_port(), free_port(), free_port()
@@ -194,7 +199,13 @@ class ControlPlane:
                 f"--tls-cert-file={apiserver.cert}",
                 f"--tls-private-key-file={apiserver.key}",
                 f"--client-ca-file={ca.cert_path}",
-                "--authorization-mode=RBAC",
+                # Node: a kubelet may read only what its own pods need (as in every real cluster).
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                # A node's InternalIP is the address of its pod bridge on this machine (see node.py).
+                "--kubelet-preferred-address-types=InternalIP",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={sa.cert}",
                 f"--service-account-signing-key-file={sa.key}",
@@ -281,7 +292,10 @@ class ControlPlane:
         raise ControlPlaneError("kube-controller-manager not healthy; see its log in " + str(self.logs))
 
     def down(self, *, quiet: bool = False) -> None:
-        """Stop every process this control plane started and remove its state folder."""
+        """Stop every process this control plane started (its node first) and remove its state folder."""
+        from devcluster.node import Node
+
+        Node(self).down(quiet=quiet)
         pids = self._pids()
         # Reverse start order: controller-manager, apiserver, then etcd.
         for name, pid in reversed(list(pids.items())):

@@ -73,6 +73,19 @@ class CertificateAuthority:
         self.cert_path.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key_path, self._key)
 
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        """The CA an earlier ``CertificateAuthority(directory)`` wrote, to issue more certificates."""
+        ca = cls.__new__(cls)
+        ca.directory = directory
+        ca.cert_path = directory / "ca.crt"
+        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{directory / 'ca.key'} is not the EC key this CA writes")
+        ca._key = key
+        ca._cert = x509.load_pem_x509_certificate(ca.cert_path.read_bytes())
+        return ca
+
     def issue(
         self,
         name: str,

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from webhook_operator import __version__
+from webhook_operator.identity import instance_name
 from webhook_operator.settings import Settings, add_run_arguments, settings_from_args
 
 # Client libraries kopf imports whenever they are installed, to recognise their model objects;
@@ -64,6 +65,9 @@ def run(settings: Settings) -> int:
             namespaces=list(settings.namespaces),
             liveness_endpoint=f"http://{settings.bind_address}:{settings.health_port}/healthz",
             standalone=True,
+            # kopf would otherwise name itself after getpass.getuser(), which fails for a uid
+            # without a passwd entry (the image's 65532).
+            identity=instance_name(),  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
             memo=kopf.Memo(settings=settings),
         )
     )

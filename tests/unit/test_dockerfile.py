@@ -49,12 +49,18 @@ def test_hadolint_reports_nothing() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_build_and_runtime_are_separate_stages_of_one_pinned_slim_image() -> None:
+def test_build_and_runtime_are_separate_stages_of_one_base_defaulting_to_the_pinned_slim_image() -> None:
     found = stages()
     assert len(found) == 2
     builder_from, final_from = found[0][0][1], found[1][0][1]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm AS builder", builder_from)
-    assert final_from == builder_from.removesuffix(" AS builder")
+    assert (builder_from, final_from) == ("${BASE_IMAGE} AS builder", "${BASE_IMAGE}")
+    [default] = [rest for keyword, rest in instructions() if keyword == "ARG" and rest.startswith("BASE_IMAGE=")]
+    assert re.fullmatch(r"BASE_IMAGE=python:3\.11\.\d+-slim-bookworm", default)
+
+
+def test_no_syntax_directive_so_builds_need_no_registry_for_the_frontend() -> None:
+    first_lines = DOCKERFILE.read_text().splitlines()[:5]
+    assert not any(line.lower().startswith("# syntax=") for line in first_lines)
 
 
 def test_builder_makes_only_the_project_wheel() -> None:
@@ -103,3 +109,4 @@ def test_dockerignore_admits_only_the_build_inputs() -> None:
     assert lines[0] == "*", "start from nothing, then admit what the build needs"
     admitted = {line[1:] for line in lines if line.startswith("!")}
     assert admitted == {"pyproject.toml", "README.md", "operator/"}
+    assert "operator/devcluster" in lines, "the local-cluster tooling stays out of the image"

@@ -1,6 +1,6 @@
-"""An HTTPS webhook receiver for the kind tests: records every POST and serves the record at GET /requests.
+"""An HTTPS webhook receiver for the in-cluster tests: records every POST and serves the record at GET /requests.
 
-It runs in a stock python image, so it uses the standard library only.
+It runs in the operator image but uses the standard library only, so any Python image serves.
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def failures_wanted(path: str) -> int:
     return int(values[0]) if values else 0
 
 
+def delay_wanted(path: str) -> float:
+    """A URL with ``?delay=S`` answers after S seconds, so deliveries are still in flight when a test acts."""
+    values = parse_qs(urlsplit(path).query).get("delay")
+    return min(float(values[0]), 30.0) if values else 0.0
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -46,6 +52,7 @@ class Handler(BaseHTTPRequestHandler):
                     "receivedAt": time.time(),
                 }
             )
+        time.sleep(delay_wanted(self.path))
         if seen <= failures_wanted(self.path):
             self._reply(503, b"not yet")
         else:

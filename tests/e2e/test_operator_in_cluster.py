@@ -1,4 +1,7 @@
-"""The operator as users install it (Docker image, Helm chart) on kind, delivering to an HTTPS Service in-cluster."""
+"""The operator as users install it (the image, the Helm chart) on a real node, delivering to an HTTPS Service.
+
+Runs on the local kubelet node by default and on kind with --cluster=kind.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
+from devcluster import binaries
 from tests.conftest import ROOT, KubectlFn
-from tests.e2e.kind_helpers import (
+from tests.e2e.conftest import helm_install, run
+from tests.e2e.in_cluster import (
     METRICS_PORT,
     METRICS_SERVICE,
     OPERATOR_NAMESPACE,
@@ -37,8 +42,8 @@ from tests.support.kube_helpers import (
 )
 from tests.unit.test_argocd_health import WEBHOOK_LUA, run_health
 
-# The first test also waits for the kind cluster, the image build and the Helm release.
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+# The first test also waits for the node, the image build and the Helm release.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 EXAMPLES = ROOT / "examples"
 
@@ -50,11 +55,16 @@ def example(relative: str) -> Manifest:
     return manifest
 
 
-def operator_pod(kubectl: KubectlFn) -> Manifest:
-    selector = f"app.kubernetes.io/instance={RELEASE}"
+def operator_pods(kubectl: KubectlFn) -> list[Manifest]:
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=webhook-operator"
     pods: list[Manifest] = json.loads(
         kubectl("get", "pods", "-n", OPERATOR_NAMESPACE, "-l", selector, "-o", "json").stdout
     )["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def operator_pod(kubectl: KubectlFn) -> Manifest:
+    pods = operator_pods(kubectl)
     assert len(pods) == 1, f"the chart runs exactly one operator pod, found {[p['metadata']['name'] for p in pods]}"
     return pods[0]
 
@@ -92,7 +102,10 @@ def wait_for_health(kubectl: KubectlFn, namespace: str, webhook: str, requests: 
 def test_chart_runs_one_ready_operator_pod_from_the_built_image(kubectl: KubectlFn, operator_release: str) -> None:
     pod = operator_pod(kubectl)
     [container] = pod["spec"]["containers"]
-    assert container["image"] == "webhook-operator:e2e"
+    assert container["image"] == "webhook-operator:dev"
+    # As the chart runs it: a uid without a passwd entry, a read-only root file system.
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] == 65532
     ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True", pod["status"]
     [container_status] = pod["status"]["containerStatuses"]
@@ -190,3 +203,94 @@ def test_503_twice_then_200_in_cluster_is_one_delivery_with_three_attempts(
 
     health = wait_for_health(kubectl, namespace, "flaky", requests=1)["status"]["health"]
     assert (health["requests"], health["succeeded"]) == (1, 1), "a delivery and its retries count once"
+
+
+def event_list(count: int, event: str) -> str:
+    """``count`` WebhookEvents as one List, so a single kubectl call creates them all."""
+    items = [event_manifest(event, {"seq": i}) for i in range(count)]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def test_operator_pod_deleted_under_load_loses_nothing(
+    kubectl: KubectlFn, namespace: str, cluster_receiver: InClusterReceiver
+) -> None:
+    # 0.2 s per response and 10 at a time per webhook: 150 events take ~3 s, so the pod goes mid-stream.
+    count = 150
+    apply(kubectl, namespace, webhook_manifest("steady", cluster_receiver.url(f"/{namespace}/steady?delay=0.2")))
+    wait_ready(kubectl, namespace, "steady", timeout=60)
+    before = {p["metadata"]["name"] for p in operator_pods(kubectl)}
+
+    kubectl("create", "-n", namespace, "-f", "-", input=event_list(count, "User.Created"))
+    cluster_receiver.wait_for(5, f"/{namespace}/", timeout=60)
+    kubectl("delete", "pod", "-n", OPERATOR_NAMESPACE, *before, "--wait=false")
+
+    def replaced() -> list[Manifest] | None:
+        pods = [p for p in operator_pods(kubectl) if p["metadata"]["name"] not in before]
+        ready = [
+            p
+            for p in pods
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+        ]
+        return ready or None
+
+    wait_until(replaced, timeout=120, interval=1, what="a new operator pod to be Ready")
+
+    def all_final() -> list[Manifest] | None:
+        items: list[Manifest] = json.loads(kubectl("get", "webhookevents", "-n", namespace, "-o", "json").stdout)[
+            "items"
+        ]
+        final = [e for e in items if (e.get("status") or {}).get("phase") in ("Delivered", "Failed", "PartiallyFailed")]
+        return items if len(final) == count else None
+
+    events = wait_until(all_final, timeout=180, interval=1, what=f"all {count} events final")
+    phases = [e["status"]["phase"] for e in events]
+    assert phases.count("Delivered") == count, f"lost or failed: {[p for p in phases if p != 'Delivered']}"
+    received = cluster_receiver.received(f"/{namespace}/")
+    ids = [r.json()["eventId"] for r in received]
+    assert {e["metadata"]["uid"] for e in events} <= set(ids), "every event reached the receiver"
+    duplicates = len(ids) - len(set(ids))
+    # At-least-once: only attempts in flight at the kill may arrive twice (10 per webhook at most).
+    assert duplicates <= 10, f"{duplicates} duplicate deliveries"
+    print(f"\npod deleted under load: {count} events, 0 lost, {duplicates} delivered twice (in flight at the kill)")
+
+
+def test_helm_upgrade_with_changed_values_rolls_out_and_keeps_delivering(
+    kubectl: KubectlFn, kube_env: dict[str, str], namespace: str, cluster_receiver: InClusterReceiver
+) -> None:
+    helm_install(kube_env, kubectl, "--set", "logLevel=debug", "--set", "maxConcurrency=50")
+    try:
+        [pod] = operator_pods(kubectl)
+        args = pod["spec"]["containers"][0]["args"]
+        assert "--log-level=DEBUG" in args and "--max-concurrency=50" in args, args
+        apply(kubectl, namespace, webhook_manifest("after-upgrade", cluster_receiver.url(f"/{namespace}/up")))
+        wait_ready(kubectl, namespace, "after-upgrade", timeout=60)
+        name = create(kubectl, namespace, event_manifest("User.Created", {"id": "after-upgrade"}))
+        assert wait_event_final(kubectl, namespace, name, timeout=60)["status"]["phase"] == "Delivered"
+    finally:
+        helm_install(kube_env, kubectl)  # back to the suite's values for the tests after this one
+
+
+def test_helm_uninstall_removes_the_operator_and_keeps_crds_webhooks_and_keys(
+    kubectl: KubectlFn, kube_env: dict[str, str], namespace: str, cluster_receiver: InClusterReceiver
+) -> None:
+    apply(kubectl, namespace, webhook_manifest("kept", cluster_receiver.url(f"/{namespace}/kept")))
+    wait_ready(kubectl, namespace, "kept", timeout=60)
+    helm = str(binaries.find("helm"))
+    run([helm, "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait"], kube_env, 180, "helm uninstall")
+    try:
+        # What the README's "Uninstall" section says stays: the CRDs, every Webhook and signing-key Secret.
+        kubectl("get", "crd", "webhooks.webhook-operator.io", "webhookevents.webhook-operator.io")
+        kubectl("get", "webhook", "kept", "-n", namespace)
+        kubectl("get", "secret", "kept-signing-key", "-n", namespace)
+        # ... and what goes: the operator and everything the chart rendered for it.
+        left = kubectl(
+            "get", "deployment,serviceaccount,service,role,rolebinding", "-n", OPERATOR_NAMESPACE,
+            "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name",
+        ).stdout.split()  # fmt: skip
+        cluster_scoped = kubectl(
+            "get", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name"
+        ).stdout.split()
+        assert left == [] and cluster_scoped == [], left + cluster_scoped
+        assert wait_until(lambda: not operator_pods(kubectl) or None, timeout=60, what="the operator pods to go")
+    finally:
+        helm_install(kube_env, kubectl)

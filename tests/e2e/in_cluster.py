@@ -1,4 +1,4 @@
-"""Helpers for the kind tests: kubectl port-forward, the in-cluster receiver's record, kubectl's printed columns."""
+"""Helpers for the in-cluster tests: kubectl port-forward, the receiver Pod's record, kubectl's printed columns."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from tests.support.kube_helpers import wait_until
 
-# Where the chart installs the operator in the kind tests (release name = chart name, so its
+# Where the chart installs the operator in the in-cluster tests (release name = chart name, so its
 # objects are called plainly "webhook-operator").
 RELEASE = "webhook-operator"
 OPERATOR_NAMESPACE = "webhook-operator"
@@ -78,14 +78,14 @@ class InClusterReceiver:
     """The receiver Deployment as the operator reaches it (``url``) and as the tests read it (a port-forward)."""
 
     namespace: str
-    service: str
+    host: str  # the Service's cluster IP, which the receiver's certificate holds
     port: int
     local_port: int
     tls: ssl.SSLContext
 
     def url(self, path: str) -> str:
-        """The URL a Webhook in any namespace uses: the Service's cluster DNS name, which its certificate holds."""
-        return f"https://{self.service}.{self.namespace}.svc.cluster.local:{self.port}{path}"
+        """The URL a Webhook in any namespace uses: the Service's address."""
+        return f"https://{self.host}:{self.port}{path}"
 
     def received(self, path_prefix: str) -> list[ReceivedRequest]:
         """Requests so far whose path starts with ``path_prefix``, in arrival order."""
