@@ -21,10 +21,11 @@ from pathlib import Path
 KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.21.4"
+NATS_VERSION = "v2.15.3"
 # The Kubernetes minor helm's client-go is built against: helm's default for .Capabilities.KubeVersion.
 HELM_KUBE_MINOR = "36"
 # Bumped when a recipe's build flags change, so a cached binary built the old way is not reused.
-RECIPE_REVISION = {"kubernetes": "", "etcd": "", "helm": "-r2"}
+RECIPE_REVISION = {"kubernetes": "", "etcd": "", "helm": "-r2", "nats": ""}
 
 KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager")
 # A real node beside the control plane (make cluster-node): built only when a node is asked for.
@@ -197,6 +198,22 @@ def helm_recipe(version: str = HELM_VERSION) -> Recipe:
     )
 
 
+def nats_recipe(version: str = NATS_VERSION) -> Recipe:
+    """nats-server with JetStream, for the event bus (--event-bus)."""
+    go_mod = (
+        "module webhook-operator.io/devcluster/nats\n\ngo 1.24\n\n"
+        f"require github.com/nats-io/nats-server/v2 {version}\n\ntool github.com/nats-io/nats-server/v2\n"
+    )
+    return Recipe(
+        key=f"nats-server-{version}{RECIPE_REVISION['nats']}",
+        binaries=("nats-server",),
+        go_mod=go_mod,
+        main_go={},
+        packages={"nats-server": "github.com/nats-io/nats-server/v2"},
+        ldflags=f"-s -w -X github.com/nats-io/nats-server/v2/server.serverVersion={version.lstrip('v')}",
+    )
+
+
 def build(recipe_name: str) -> Path:
     """Build one recipe into the cache and return its bin folder; concurrent builders wait for each other."""
     if shutil.which("go") is None:
@@ -219,6 +236,8 @@ def _build_locked(recipe_name: str, root: Path, workdir: Path) -> Path:
         recipe = etcd_recipe()
     elif recipe_name == "helm":
         recipe = helm_recipe()
+    elif recipe_name == "nats":
+        recipe = nats_recipe()
     else:
         raise ValueError(recipe_name)
     bindir = root / "bin" / recipe.key
@@ -227,7 +246,7 @@ def _build_locked(recipe_name: str, root: Path, workdir: Path) -> Path:
     _log(
         f"building {recipe.key} with {subprocess.run(['go', 'version'], capture_output=True, text=True).stdout.strip()}"
     )
-    _log("a cold build of Kubernetes takes 10-30 minutes on 2 cores; it is cached afterwards")
+    _log("a cold build takes minutes on 2 cores (Kubernetes: 10-30); it is cached afterwards")
     (workdir / "go.mod").write_text(recipe.go_mod)
     for binary, text in recipe.main_go.items():
         (workdir / "main.go").write_text(text)
@@ -253,6 +272,7 @@ RECIPE_OF = {
     "kube-controller-manager": "kubernetes",
     "helm": "helm",
     **dict.fromkeys(NODE_BINARIES, "kubernetes-node"),
+    "nats-server": "nats",
 }
 
 
@@ -262,6 +282,7 @@ def cached_dir(binary: str) -> Path:
         "kubernetes-node": f"kubernetes-node-{KUBERNETES_VERSION}",
         "etcd": f"etcd-{ETCD_VERSION}",
         "helm": f"helm-{HELM_VERSION}{RECIPE_REVISION['helm']}",
+        "nats": f"nats-server-{NATS_VERSION}{RECIPE_REVISION['nats']}",
     }[RECIPE_OF[binary]]
     return cache_root() / "bin" / key
 

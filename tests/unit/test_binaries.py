@@ -65,3 +65,11 @@ def test_no_binaries_and_no_go_gives_a_message_that_says_how_to_get_them(
         binaries.find("kube-apiserver")
     message = str(raised.value)
     assert "setup-envtest" in message and "KUBEBUILDER_ASSETS" in message and binaries.KUBERNETES_VERSION in message
+
+
+def test_nats_server_recipe_pins_the_release_and_its_version_string() -> None:
+    recipe = binaries.nats_recipe()
+    assert recipe.key == f"nats-server-{binaries.NATS_VERSION}"
+    assert f"require github.com/nats-io/nats-server/v2 {binaries.NATS_VERSION}" in recipe.go_mod
+    assert f"serverVersion={binaries.NATS_VERSION.lstrip('v')}" in recipe.ldflags
+    assert binaries.RECIPE_OF["nats-server"] == "nats"
