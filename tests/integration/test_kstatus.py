@@ -2,6 +2,7 @@
 
 The objects are the operator's own work, read back from the API server, and the verdicts come from
 the library itself (tests/kstatus, a small Go command), not from a re-implementation of its rules.
+Argo CD's health scripts must come to the same verdict on each of them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from tests.support.kube_helpers import (
     webhook_manifest,
 )
 from tests.support.receiver import Receiver, Reply
+from tests.unit.test_argocd_health import WEBHOOK_LUA, WEBHOOKEVENT_LUA, run_health
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +42,19 @@ def kstatus_helper() -> Iterator[None]:
     yield
 
 
+# What Argo CD's health (deploy/argocd-health) must say where kstatus says...
+ARGOCD_FOR = {"Current": "Healthy", "InProgress": "Progressing", "Failed": "Degraded"}
+
+
 def verdicts(*objects: Manifest) -> dict[str, tuple[str, str]]:
-    return kstatus.compute(list(objects))
+    """kstatus's (status, message) by name; Argo CD's health script must agree on each object."""
+    got = kstatus.compute(list(objects))
+    for obj in objects:
+        script = WEBHOOK_LUA if obj["kind"] == "Webhook" else WEBHOOKEVENT_LUA
+        name = obj["metadata"]["name"]
+        argocd = run_health(script, obj)["status"]
+        assert argocd == ARGOCD_FOR[got[name][0]], f"{name}: kstatus {got[name]}, Argo CD {argocd}"
+    return got
 
 
 def conditions(obj: Manifest) -> dict[str, dict[str, Any]]:
