@@ -61,9 +61,11 @@ if generation ~= nil and ready.observedGeneration ~= nil and ready.observedGener
   return hs
 end
 
-if ready.status == "False" then
+-- Stalled=True (beside Ready=False) is what kstatus, and so Flux, reports as Failed.
+local stalled = condition(obj.status.conditions, "Stalled")
+if ready.status == "False" or (stalled ~= nil and stalled.status == "True") then
   hs.status = "Degraded"
-  hs.message = describe(ready, "Webhook is not ready")
+  hs.message = describe(ready.status == "False" and ready or stalled, "Webhook is not ready")
   return hs
 end
 

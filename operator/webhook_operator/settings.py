@@ -34,7 +34,10 @@ class Settings:
     metrics_port: int = 8080
     health_port: int = 8081
     bind_address: str = "0.0.0.0"
-    event_ttl_s: float = 24 * 3600.0
+    # Retention defaults from KEP-95's scale targets; the README's "Retention" section derives them.
+    event_ttl_s: float = 15 * 60.0
+    failed_event_ttl_s: float = 24 * 3600.0
+    max_completed_events: int = 1000
     key_rotation_overlap_s: float = 24 * 3600.0
     allow_http: bool = False
     destination_policy: DestinationPolicy = field(default_factory=DestinationPolicy)
@@ -57,8 +60,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--event-ttl",
         type=parse_duration,
+        default="15m",
+        help="delete Delivered and NoSubscribers WebhookEvents this long after completion (0 keeps them)",
+    )
+    parser.add_argument(
+        "--failed-event-ttl",
+        type=parse_duration,
         default="24h",
-        help="delete completed WebhookEvents this long after completion (0 keeps them)",
+        help="delete Failed and PartiallyFailed WebhookEvents this long after completion (0 keeps them)",
+    )
+    parser.add_argument(
+        "--max-completed-events",
+        type=int,
+        default=1000,
+        help="completed WebhookEvents kept per namespace, the oldest deleted first (0: no cap)",
     )
     parser.add_argument(
         "--key-rotation-overlap", type=parse_duration, default="24h", help="how long a rotated-out key keeps signing"
@@ -87,6 +102,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     cidrs = list(args.allow_cidr)
     if args.dev:
         cidrs += [c for c in DEV_CIDRS if c not in cidrs]
+    if args.max_completed_events < 0:
+        raise SystemExit("error: --max-completed-events must be 0 (no cap) or more")
     if args.max_concurrency < 1 or args.per_webhook_concurrency < 1:
         raise SystemExit("error: --max-concurrency and --per-webhook-concurrency must be at least 1")
     try:
@@ -99,6 +116,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         health_port=args.health_port,
         bind_address=args.bind_address,
         event_ttl_s=float(args.event_ttl),
+        failed_event_ttl_s=float(args.failed_event_ttl),
+        max_completed_events=args.max_completed_events,
         key_rotation_overlap_s=float(args.key_rotation_overlap),
         allow_http=bool(args.allow_http or args.dev),
         destination_policy=policy,

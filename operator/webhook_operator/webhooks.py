@@ -37,7 +37,7 @@ from webhook_operator.secrets import (
     secret_refs,
 )
 from webhook_operator.settings import Settings
-from webhook_operator.status import condition, merge_conditions, without_volatile
+from webhook_operator.status import condition, merge_conditions, webhook_conditions, without_volatile
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_API_ERROR_S = 5.0
@@ -183,19 +183,8 @@ class WebhookController:
             )
         generation = state.generation
         conditions = merge_conditions(
-            status.get("conditions"),
-            [
-                condition(
-                    status.get("conditions"),
-                    type_="Ready",
-                    status=ready[0],
-                    reason=ready[1],
-                    message=ready[2],
-                    generation=generation,
-                    now=current,
-                ),
-                self._healthy_condition(state, status.get("conditions")),
-            ],
+            webhook_conditions(status.get("conditions"), ready=ready, generation=generation, now=current),
+            [self._healthy_condition(state, status.get("conditions"))],
         )
         desired: dict[str, Any] = {
             "observedGeneration": generation,

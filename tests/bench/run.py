@@ -242,7 +242,7 @@ async def run(args: argparse.Namespace, plane: ControlPlane, workdir: Path) -> d
     async def e2e_and_paced() -> dict[str, Any]:
         figures: dict[str, Any] = {}
         profile = workdir / "profile-e2e.txt" if args.profile else None
-        op = operator(NAMESPACE, "--event-ttl", "0", profile=profile)
+        op = operator(NAMESPACE, "--event-ttl", "0", "--max-completed-events", "0", profile=profile)
         try:
             figures["webhooks_ready_s"] = await phases.setup_webhooks(
                 ctx, NAMESPACE, args.webhooks, lambda i: phases.bench_subscriptions(i, params.paced_webhooks)
@@ -271,7 +271,8 @@ async def run(args: argparse.Namespace, plane: ControlPlane, workdir: Path) -> d
 
     async def scale() -> dict[str, Any]:
         figures = {"scale_webhooks": args.scale_webhooks, "scale_events": args.scale_events}
-        figures.update(await phases.scale(ctx, lambda ns: operator(ns, "--event-ttl", "0"), "bench-scale"))
+        keep = ("--event-ttl", "0", "--max-completed-events", "0")
+        figures.update(await phases.scale(ctx, lambda ns: operator(ns, *keep), "bench-scale"))
         return figures
 
     plan: list[tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = [

@@ -186,6 +186,38 @@ def test_event_with_an_unknown_phase_is_unknown() -> None:
     assert run_health(WEBHOOKEVENT_LUA, event({"phase": "Exploded"}))["status"] == "Unknown"
 
 
+def event_condition(type_: str, status: str, phase: str) -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": phase, "message": "1/2 delivered", "lastTransitionTime": "x"}
+
+
+@pytest.mark.parametrize(
+    ("phase", "written", "expected"),
+    [
+        ("Delivering", [("Reconciling", "True")], "Progressing"),
+        ("Delivered", [("Ready", "True")], "Healthy"),
+        ("NoSubscribers", [("Ready", "True")], "Healthy"),
+        ("Failed", [("Ready", "False"), ("Stalled", "True")], "Degraded"),
+        ("PartiallyFailed", [("Ready", "False"), ("Stalled", "True")], "Degraded"),
+    ],
+)
+def test_event_conditions_give_the_same_health_as_the_phase(
+    phase: str, written: list[tuple[str, str]], expected: str
+) -> None:
+    status = {"phase": phase, "conditions": [event_condition(t, v, phase) for t, v in written]}
+    assert run_health(WEBHOOKEVENT_LUA, event(status))["status"] == expected
+
+
+def test_event_conditions_decide_when_they_and_the_phase_disagree() -> None:
+    status = {"phase": "Exploded", "conditions": [event_condition("Stalled", "True", "Failed")]}
+    assert run_health(WEBHOOKEVENT_LUA, event(status))["status"] == "Degraded"
+
+
+def test_stalled_webhook_is_degraded_with_the_stalled_message() -> None:
+    stalled = condition("Stalled", "True", "InvalidURL", "spec.url: port 0 is not a usable port")
+    result = run_health(WEBHOOK_LUA, webhook(status=webhook_status(READY, stalled)))
+    assert result == {"status": "Degraded", "message": "InvalidURL: spec.url: port 0 is not a usable port"}
+
+
 def test_health_scripts_leave_the_object_untouched() -> None:
     obj = webhook(status=webhook_status(READY, HEALTHY))
     before = copy.deepcopy(obj)

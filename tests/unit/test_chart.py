@@ -146,7 +146,9 @@ def test_default_flags_follow_the_values(defaults: list[dict[str, Any]]) -> None
     assert args(defaults) == [
         "--metrics-port=8080",
         "--health-port=8081",
-        "--event-ttl=24h",
+        "--event-ttl=15m",
+        "--failed-event-ttl=24h",
+        "--max-completed-events=1000",
         "--key-rotation-overlap=24h",
         "--max-concurrency=100",
         "--per-webhook-concurrency=10",
@@ -227,6 +229,8 @@ def test_allow_cidrs_become_repeated_flags_and_allow_http_a_switch(helm: Path, t
 def test_tuning_values_become_flags(helm: Path, tmp_path: Path) -> None:
     values = {
         "eventTTL": "0",
+        "failedEventTTL": "7d",
+        "maxCompletedEvents": 0,
         "keyRotationOverlap": "1h30m",
         "maxConcurrency": 7,
         "perWebhookConcurrency": 2,
@@ -241,6 +245,8 @@ def test_tuning_values_become_flags(helm: Path, tmp_path: Path) -> None:
         "--metrics-port=9090",
         "--health-port=9091",
         "--event-ttl=0",
+        "--failed-event-ttl=7d",
+        "--max-completed-events=0",
         "--key-rotation-overlap=1h30m",
         "--max-concurrency=7",
         "--per-webhook-concurrency=2",
@@ -263,7 +269,8 @@ def test_operator_accepts_the_default_flags(defaults: list[dict[str, Any]]) -> N
     settings = operator_settings(args(defaults))
     assert settings.namespaces == ()
     assert (settings.metrics_port, settings.health_port) == (8080, 8081)
-    assert settings.event_ttl_s == settings.key_rotation_overlap_s == 24 * 3600
+    assert (settings.event_ttl_s, settings.failed_event_ttl_s, settings.max_completed_events) == (900, 86400, 1000)
+    assert settings.key_rotation_overlap_s == 24 * 3600
     assert (settings.log_format, settings.log_level) == ("json", "INFO")
     assert settings.allow_http is False
 
@@ -272,6 +279,8 @@ def test_operator_accepts_every_non_default_flag(helm: Path, tmp_path: Path) -> 
     values = {
         "watchNamespaces": ["shop", "billing"],
         "eventTTL": "0",
+        "failedEventTTL": "1h",
+        "maxCompletedEvents": 50,
         "keyRotationOverlap": "1h30m",
         "allowHttp": True,
         "allowCidrs": ["10.20.0.0/16"],
@@ -283,7 +292,7 @@ def test_operator_accepts_every_non_default_flag(helm: Path, tmp_path: Path) -> 
     }
     settings = operator_settings(args(render(helm, tmp_path, values)))
     assert settings.namespaces == ("shop", "billing")
-    assert settings.event_ttl_s == 0
+    assert (settings.event_ttl_s, settings.failed_event_ttl_s, settings.max_completed_events) == (0, 3600, 50)
     assert settings.key_rotation_overlap_s == 5400
     assert settings.allow_http is True
     assert settings.ca_bundle == "/etc/webhook-operator/ca-bundle/ca-bundle.pem"
@@ -415,6 +424,8 @@ def test_pod_disruption_budget_never_blocks_drains_of_the_single_pod(helm: Path,
         ({"replicasCount": 1}, "replicasCount"),
         ({"eventTTL": 5}, "eventTTL"),
         ({"eventTTL": "a day"}, "eventTTL"),
+        ({"failedEventTTL": "a week"}, "failedEventTTL"),
+        ({"maxCompletedEvents": -1}, "maxCompletedEvents"),
         ({"logFormat": "xml"}, "logFormat"),
         ({"allowCidrs": "10.0.0.0/8"}, "allowCidrs"),
         ({"watchNamespaces": ["Shop"]}, "watchNamespaces"),

@@ -16,6 +16,7 @@ from standardwebhooks import Webhook as StandardWebhook
 from tests.support.receiver import Receiver, Reply
 from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.engine import DeliveryEngine, format_time_precise
+from webhook_operator.delivery.retention import Due
 from webhook_operator.delivery.transport import RESPONSE_BODY_LIMIT, DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import Credentials, KubeClient
@@ -187,6 +188,9 @@ async def engine() -> AsyncIterator[DeliveryEngine]:
     await kube.close()
 
 
+UID = "0b6f0c3e-4a8e-4d55-9a59-3f5a1f0e2c11"
+
+
 def event_body(status: dict[str, Any] | None = None, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "metadata": {
@@ -258,10 +262,48 @@ async def test_completed_events_seen_at_startup_are_queued_for_expiry(engine: De
 
     await engine.on_event(None, event_body(status))
 
-    (deadline, uid, namespace, name) = engine._expiry[0]
     completed = dt.datetime(2026, 11, 28, 3, 0, 9, tzinfo=dt.UTC).timestamp()
-    assert deadline == completed + Settings().event_ttl_s
-    assert (uid, namespace, name) == ("0b6f0c3e-4a8e-4d55-9a59-3f5a1f0e2c11", "shop", "user-created-x7")
+    assert engine.retention.deadline_of(UID) == completed + Settings().event_ttl_s
+    assert engine.retention.pop_due(completed + Settings().event_ttl_s) == Due(UID, "shop", "user-created-x7")
+
+
+async def test_failed_events_are_kept_for_the_failed_event_ttl(engine: DeliveryEngine) -> None:
+    status = {"phase": "PartiallyFailed", "deliveries": [FAILED, SUCCEEDED], "completionTime": "2026-11-28T03:00:09Z"}
+
+    await engine.on_event(None, event_body(status))
+
+    completed = dt.datetime(2026, 11, 28, 3, 0, 9, tzinfo=dt.UTC).timestamp()
+    assert engine.retention.deadline_of(UID) == completed + Settings().failed_event_ttl_s
+
+
+async def test_a_relist_does_not_add_expiry_entries_for_events_already_planned(engine: DeliveryEngine) -> None:
+    status = {"phase": "Delivered", "deliveries": [SUCCEEDED], "completionTime": "2026-11-28T03:00:09Z"}
+
+    for _ in range(5):  # the list at start-up, then one relist after each 410 Gone
+        await engine.on_event(None, event_body(status))
+
+    assert engine.retention.heap_size == 1
+    assert engine.retention.counted("shop") == 1
+
+
+async def test_a_deleted_event_is_neither_deleted_again_nor_counted(engine: DeliveryEngine) -> None:
+    status = {"phase": "Delivered", "deliveries": [SUCCEEDED], "completionTime": "2026-11-28T03:00:09Z"}
+    await engine.on_event(None, event_body(status))
+
+    await engine.on_event("DELETED", event_body(status))
+
+    assert engine.retention.deadline_of(UID) is None and engine.retention.counted("shop") == 0
+    assert engine.retention.pop_due(float("inf")) is None
+
+
+async def test_a_redelivered_event_leaves_the_completed_count(engine: DeliveryEngine) -> None:
+    status = {"phase": "Failed", "deliveries": [FAILED], "completionTime": "2026-11-28T03:00:09Z"}
+    await engine.on_event(None, event_body(status))
+
+    await engine.on_event("MODIFIED", event_body(status, {REDELIVER_ANNOTATION: "r1"}))
+
+    assert engine.retention.counted("shop") == 0 and engine.retention.deadline_of(UID) is None
+    assert engine.active_jobs == 1
 
 
 # -- one attempt against a real HTTPS server -----------------------------------------------------

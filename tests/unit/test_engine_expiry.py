@@ -132,12 +132,12 @@ async def test_an_unreachable_api_server_requeues_the_deletion_and_the_loop_goes
     try:
         for _ in range(100):
             await asyncio.sleep(0.02)
-            if engine._expiry and engine._expiry[0][0] > now().timestamp():
+            deadline = engine.retention.deadline_of("uid-1")
+            if deadline is not None and deadline > now().timestamp():
                 break
         assert not loop.done()
-        (deadline, uid, _, name) = engine._expiry[0]
-        assert (uid, name) == ("uid-1", "event-1")
-        assert deadline > now().timestamp() + 20  # retried later, not dropped
+        deadline = engine.retention.deadline_of("uid-1")
+        assert deadline is not None and deadline > now().timestamp() + 20  # retried later, not dropped
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)

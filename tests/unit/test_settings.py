@@ -53,7 +53,8 @@ def test_defaults_are_the_documented_ones() -> None:
     got = settings()
     assert got == Settings()
     assert (got.metrics_port, got.health_port) == (8080, 8081)
-    assert got.event_ttl_s == got.key_rotation_overlap_s == 86400.0
+    assert (got.event_ttl_s, got.failed_event_ttl_s, got.max_completed_events) == (900.0, 86400.0, 1000)
+    assert got.key_rotation_overlap_s == 86400.0
     assert got.namespaces == ()
     assert got.allow_http is False
     assert got.destination_policy.allow_cidrs == ()
@@ -64,7 +65,9 @@ def test_flags_reach_the_settings() -> None:
         "--namespace", "shop", "--namespace", "billing", "--namespace", "shop",
         "--event-ttl", "0", "--key-rotation-overlap", "3s", "--allow-http",
         "--allow-cidr", "10.0.0.0/8", "--ca-bundle", "/etc/ca.pem", "--max-concurrency", "7",
+        "--failed-event-ttl", "7d", "--max-completed-events", "0",
     )  # fmt: skip
+    assert (got.failed_event_ttl_s, got.max_completed_events) == (7 * 86400.0, 0)
     assert got.namespaces == ("shop", "billing")  # repeated namespaces are watched once, in order
     assert got.event_ttl_s == 0.0
     assert got.key_rotation_overlap_s == 3.0
@@ -123,3 +126,8 @@ def test_concurrency_below_one_is_refused(flag: str) -> None:
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         settings().allow_http = True  # type: ignore[misc]
+
+
+def test_a_negative_completed_events_cap_is_refused() -> None:
+    with pytest.raises(SystemExit, match="--max-completed-events"):
+        settings("--max-completed-events", "-1")

@@ -10,8 +10,10 @@ import pytest
 from webhook_operator.status import (
     condition,
     delivered_summary,
+    event_conditions,
     event_phase,
     merge_conditions,
+    webhook_conditions,
     without_volatile,
 )
 
@@ -154,3 +156,60 @@ def test_event_phase(deliveries: list[dict[str, Any]], phase: str) -> None:
 )
 def test_delivered_summary_counts_succeeded_of_all(deliveries: list[dict[str, Any]], summary: str) -> None:
     assert delivered_summary(deliveries) == summary
+
+
+# -- what kstatus reads --------------------------------------------------------------------
+def types_and_statuses(conditions: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(c["type"], c["status"]) for c in conditions]
+
+
+@pytest.mark.parametrize(
+    ("phase", "expected"),
+    [
+        ("Pending", [("Reconciling", "True")]),
+        ("Delivering", [("Reconciling", "True")]),
+        ("Delivered", [("Ready", "True")]),
+        ("NoSubscribers", [("Ready", "True")]),
+        ("PartiallyFailed", [("Ready", "False"), ("Stalled", "True")]),
+        ("Failed", [("Ready", "False"), ("Stalled", "True")]),
+    ],
+)
+def test_event_conditions_by_phase(phase: str, expected: list[tuple[str, str]]) -> None:
+    conditions = event_conditions(None, phase=phase, delivered="1/2", generation=1, now=NOW)
+
+    assert types_and_statuses(conditions) == expected
+    for c in conditions:
+        assert c["reason"] == phase and c["observedGeneration"] == 1
+        assert c["lastTransitionTime"] == "2026-11-28T04:30:00Z" and c["message"]
+
+
+def test_event_conditions_replace_the_delivering_ones_and_keep_unchanged_transition_times() -> None:
+    delivering = event_conditions(None, phase="Delivering", delivered="0/1", generation=1, now=NOW)
+    later = NOW + dt.timedelta(seconds=30)
+
+    still = event_conditions(delivering, phase="Delivering", delivered="0/1", generation=1, now=later)
+    done = event_conditions(delivering, phase="Failed", delivered="0/1", generation=1, now=later)
+
+    assert still == delivering, "an unchanged phase must give identical conditions (no extra status write)"
+    assert types_and_statuses(done) == [("Ready", "False"), ("Stalled", "True")]
+    assert {c["lastTransitionTime"] for c in done} == {"2026-11-28T04:30:30Z"}
+    assert done[0]["message"] == "0/1 delivered"
+
+
+def test_a_rejected_webhook_is_stalled_beside_not_ready() -> None:
+    conditions = webhook_conditions(
+        None, ready=("False", "InvalidURL", "spec.url is not a URL"), generation=2, now=NOW
+    )
+
+    assert types_and_statuses(conditions) == [("Ready", "False"), ("Stalled", "True")]
+    assert conditions[1]["reason"] == "InvalidURL" and conditions[1]["message"] == "spec.url is not a URL"
+    assert conditions[1]["observedGeneration"] == 2
+
+
+def test_a_fixed_webhook_is_no_longer_stalled_and_other_conditions_stay() -> None:
+    healthy = {"type": "Healthy", "status": "True", "reason": "OK", "message": "m", "lastTransitionTime": "x"}
+    stalled = [*webhook_conditions(None, ready=("False", "InvalidURL", "bad"), generation=1, now=NOW), healthy]
+
+    fixed = webhook_conditions(stalled, ready=("True", "Reconciled", "ok"), generation=2, now=NOW)
+
+    assert types_and_statuses(fixed) == [("Ready", "True"), ("Healthy", "True")]

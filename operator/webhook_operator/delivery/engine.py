@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import heapq
 import logging
 import time
 import uuid
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhook_operator.delivery.attempt import AttemptResult, send
+from webhook_operator.delivery.retention import Retention
 from webhook_operator.delivery.transport import DeliveryClient
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import ApiError, KubeClient, resource_path
@@ -36,7 +36,7 @@ from webhook_operator.model import (
 from webhook_operator.retry import next_backoff, should_retry, status_class
 from webhook_operator.settings import Settings
 from webhook_operator.signing import build_body, format_created_at, message_id
-from webhook_operator.status import delivered_summary, event_phase
+from webhook_operator.status import delivered_summary, event_conditions, event_phase
 
 log = logging.getLogger(__name__)
 WRITE_RETRY_S = (0.5, 1, 2, 5, 10, 30)
@@ -76,6 +76,8 @@ class EventJob:
     completion_time: str | None = None
     resource_version: int | None = None  # of the last status write
     in_first_round: bool = True
+    generation: int | None = None  # metadata.generation, written back as status.observedGeneration
+    conditions: list[dict[str, Any]] = field(default_factory=list)  # as last read or written
 
 
 class DeliveryEngine:
@@ -100,7 +102,11 @@ class DeliveryEngine:
         # last is stale, and must not restart an event that just finished.
         self._finished: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._expiry: list[tuple[float, str, str, str]] = []  # (deadline, uid, namespace, name)
+        self.retention = Retention(
+            ttl_s=settings.event_ttl_s,
+            failed_ttl_s=settings.failed_event_ttl_s,
+            max_per_namespace=settings.max_completed_events,
+        )
         self._expiry_changed = asyncio.Event()
         self._deleting = asyncio.Semaphore(EXPIRY_CONCURRENCY)
         self._first_rounds = 0  # jobs whose first round of attempts has not ended
@@ -118,6 +124,7 @@ class DeliveryEngine:
             job = self._jobs.get(uid)
             if job:
                 job.gone = True
+            self.retention.forget(uid)
             return
         if self._is_stale(uid, meta.get("resourceVersion")):
             return
@@ -131,6 +138,7 @@ class DeliveryEngine:
             return
         if status.get("phase") in FINAL_PHASES:
             if redeliver and redeliver != handled:
+                self.retention.forget(uid)
                 self._start(self._job_from(body, redeliver=redeliver))
             else:
                 self._expire_later(body)
@@ -176,6 +184,7 @@ class DeliveryEngine:
                     ):
                         entry.pop(key, None)
             redelivery = {"requestedAt": redeliver, "startedAt": format_time(now())}
+        generation = meta.get("generation")
         return EventJob(
             namespace=meta["namespace"],
             name=meta["name"],
@@ -185,6 +194,8 @@ class DeliveryEngine:
             data=spec.get("data"),
             deliveries=deliveries,
             redelivery=redelivery,
+            generation=generation if isinstance(generation, int) else None,
+            conditions=list(status.get("conditions") or ()),
         )
 
     def backlogged(self) -> bool:
@@ -360,12 +371,18 @@ class DeliveryEngine:
             phase = event_phase(job.deliveries)
             if final and phase not in FINAL_PHASES:
                 return
+            delivered = delivered_summary(job.deliveries)
             status: dict[str, Any] = {
                 "phase": phase,
                 "deliveries": job.deliveries,
-                "delivered": delivered_summary(job.deliveries),
+                "delivered": delivered,
                 "completionTime": None,
+                "conditions": event_conditions(
+                    job.conditions, phase=phase, delivered=delivered, generation=job.generation, now=now()
+                ),
             }
+            if job.generation is not None:
+                status["observedGeneration"] = job.generation
             if phase in FINAL_PHASES:
                 job.completion_time = job.completion_time or format_time(now())
                 status["completionTime"] = job.completion_time
@@ -382,6 +399,7 @@ class DeliveryEngine:
                     version = str((result.get("metadata") or {}).get("resourceVersion", ""))
                     job.resource_version = int(version) if version.isdigit() else None
                     job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
+                    job.conditions = status["conditions"]
                     break
                 except ApiError as exc:
                     if exc.status == 404:
@@ -401,8 +419,8 @@ class DeliveryEngine:
                         "writing status of %s/%s failed, retrying in %ss: %s", job.namespace, job.name, delay, exc
                     )
                 await asyncio.sleep(delay)
-            if phase in FINAL_PHASES and self.settings.event_ttl_s > 0:
-                self._push_expiry(now().timestamp() + self.settings.event_ttl_s, job.uid, job.namespace, job.name)
+            if phase in FINAL_PHASES and job.completion_time is not None:
+                self._completed(job.uid, job.namespace, job.name, phase, job.completion_time)
 
     # -- test payloads ------------------------------------------------------------------
     async def send_test(self, state: WebhookState, pattern: str) -> dict[str, Any]:
@@ -430,36 +448,40 @@ class DeliveryEngine:
 
     # -- retention ----------------------------------------------------------------------
     def _expire_later(self, body: dict[str, Any]) -> None:
-        if self.settings.event_ttl_s <= 0:
-            return
         meta, status = body["metadata"], body.get("status") or {}
-        completed = parse_time(status.get("completionTime")) or now()
-        self._push_expiry(
-            completed.timestamp() + self.settings.event_ttl_s, meta["uid"], meta["namespace"], meta["name"]
+        self._completed(
+            meta["uid"], meta["namespace"], meta["name"], str(status.get("phase")), status.get("completionTime")
         )
 
-    def _push_expiry(self, deadline: float, uid: str, namespace: str, name: str) -> None:
-        heapq.heappush(self._expiry, (deadline, uid, namespace, name))
+    def _completed(self, uid: str, namespace: str, name: str, phase: str, completion_time: str | None) -> None:
+        # completionTime itself (whole seconds), not the clock: the final write and every relist that
+        # sees it give the same deadline, so the expiry plan holds one entry per event.
+        completed = parse_time(completion_time) or now()
+        self.retention.completed(uid, namespace, name, phase, completed.timestamp())
         self._expiry_changed.set()
 
+    def _push_expiry(self, deadline: float, uid: str, namespace: str, name: str) -> None:
+        if self.retention.schedule(deadline, uid, namespace, name):
+            self._expiry_changed.set()
+
     async def expiry_loop(self) -> None:
-        """Delete completed events once their TTL has passed (uid-guarded, so a recreated name is safe)."""
+        """Delete completed events once their TTL has passed or their namespace is over the cap
+        (uid-guarded, so a recreated name is safe)."""
         while True:
             self._expiry_changed.clear()
-            timeout = 3600.0
-            if self._expiry:
-                timeout = max(0.0, self._expiry[0][0] - now().timestamp())
-            if timeout > 0:
+            due = self.retention.pop_due(now().timestamp())
+            if due is None:
+                deadline = self.retention.next_deadline()
+                timeout = 3600.0 if deadline is None else min(max(0.0, deadline - now().timestamp()), 3600.0)
                 try:
-                    await asyncio.wait_for(self._expiry_changed.wait(), timeout=min(timeout, 3600.0))
+                    await asyncio.wait_for(self._expiry_changed.wait(), timeout=max(timeout, 0.001))
                 except TimeoutError:
                     pass
                 continue
-            _, uid, namespace, name = heapq.heappop(self._expiry)
-            if uid in self._jobs:
-                continue  # redelivered meanwhile; it is queued again when it completes
+            if due.uid in self._jobs:
+                continue  # redelivered meanwhile; it is counted again when it completes
             await self._deleting.acquire()
-            task = asyncio.ensure_future(self._delete_expired(uid, namespace, name))
+            task = asyncio.ensure_future(self._delete_expired(due.uid, due.namespace, due.name))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
