@@ -24,11 +24,12 @@ __all__ = ["ApiError", "Credentials", "KubeClient", "load_credentials", "resourc
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # seconds, from a Retry-After header
 
 
 def resource_path(
@@ -70,10 +71,17 @@ async def _api_error(response: aiohttp.ClientResponse) -> ApiError:
     text = await response.text(errors="replace")
     try:
         status = json.loads(text)
+        if not isinstance(status, dict):
+            raise ValueError(text)
         reason, message = str(status.get("reason", "")), str(status.get("message", text))
     except ValueError:
         reason, message = response.reason or "", text[:500]
-    return ApiError(response.status, reason, message)
+    retry_after: float | None
+    try:
+        retry_after = max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        retry_after = None
+    return ApiError(response.status, reason, message, retry_after=retry_after)
 
 
 class KubeClient:
