@@ -5,9 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from aiohttp import web
 
 from webhook_operator.apiretry import CAP_S, backoff_delay, is_transient, with_retries
-from webhook_operator.kube import ApiError
+from webhook_operator.kube import ApiError, Credentials, KubeClient
 
 
 @pytest.mark.parametrize(
@@ -94,3 +95,39 @@ async def test_attempts_and_give_up_bound_the_retries() -> None:
 
 async def _no_wait(seconds: float) -> None:
     return None
+
+
+async def test_a_real_api_answer_429_with_retry_after_is_waited_out_then_retried() -> None:
+    """A plain-HTTP stand-in for the API server: 429 + Retry-After, then 503, then the object."""
+    answers = [
+        web.json_response({"kind": "Status", "reason": "TooManyRequests"}, status=429, headers={"Retry-After": "2"}),
+        web.json_response({"kind": "Status", "reason": "ServiceUnavailable"}, status=503),
+        web.json_response({"kind": "WebhookEvent", "metadata": {"name": "e1"}}),
+    ]
+
+    async def handle(request: web.Request) -> web.Response:
+        return answers.pop(0)
+
+    app = web.Application()
+    app.router.add_get("/apis/x", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    kube = KubeClient(Credentials(f"http://127.0.0.1:{port}", None, True, None, None, None, None, None))
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    try:
+        with pytest.raises(ApiError) as info:
+            await kube.get("/apis/x")
+        assert (info.value.status, info.value.retry_after) == (429, 2.0)
+        answers.insert(0, web.json_response({"reason": "TooManyRequests"}, status=429, headers={"Retry-After": "2"}))
+        body = await with_retries(lambda: kube.get("/apis/x"), what="reading e1", sleep=sleep)
+        assert body == {"kind": "WebhookEvent", "metadata": {"name": "e1"}}
+        assert waits[0] == 2.0 and len(waits) == 2
+    finally:
+        await kube.close()
+        await runner.cleanup()
