@@ -34,6 +34,9 @@ class WebhookState:
     health_dirty: bool = False
     fingerprint: tuple[Any, ...] = ()
     limiter: asyncio.Semaphore | None = None
+    # Known but never reconciled yet (its first reconcile met an API error): events are matched to it
+    # and their deliveries wait until it is resolved, rather than finding no webhook.
+    resolving: bool = False
 
     @property
     def key(self) -> Key:
@@ -75,9 +78,14 @@ class WebhookIndex:
         return sum(len(s) for s in self._by_namespace.values())
 
     def subscribers(self, namespace: str, event: str) -> list[WebhookState]:
-        """The enabled, Ready webhooks of ``namespace`` subscribed to ``event``, by name."""
+        """The enabled, Ready webhooks of ``namespace`` subscribed to ``event``, by name (and enabled ones
+        still being resolved after an API error: their deliveries wait for them)."""
         states = self._by_namespace.get(namespace, {})
-        return [s for _, s in sorted(states.items()) if s.deliverable and subscribes(s.spec.events, event)]
+        return [
+            s
+            for _, s in sorted(states.items())
+            if (s.deliverable or (s.resolving and s.spec.enabled)) and subscribes(s.spec.events, event)
+        ]
 
     def readers_of_secret(self, namespace: str, secret: str) -> list[WebhookState]:
         return [s for s in self._by_namespace.get(namespace, {}).values() if secret in s.secret_refs]

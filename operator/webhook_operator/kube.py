@@ -6,6 +6,7 @@ Credentials come from the in-cluster service account or the current kubeconfig (
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -16,19 +17,22 @@ from typing import Any
 import aiohttp
 
 from webhook_operator import GROUP, VERSION
-from webhook_operator.kubeconfig import Credentials, load_credentials
+from webhook_operator.kubeconfig import ConfigError, Credentials, load_credentials, run_exec_plugin_async
 
 REQUEST_TIMEOUT_S = 30.0
+TOKEN_FILE_REREAD_S = 60.0  # a projected service-account token rotates; kubelet refreshes the file
+EXEC_RENEW_BEFORE_S = 60.0  # an exec plugin's token is replaced this long before it expires
 
 __all__ = ["ApiError", "Credentials", "KubeClient", "load_credentials", "resource_path", "secret_path"]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # seconds, from a Retry-After header
 
 
 def resource_path(
@@ -66,14 +70,29 @@ def ssl_context(credentials: Credentials) -> ssl.SSLContext:
     return context
 
 
+def _read_token(path: str) -> str | None:
+    """A token file's content; None while it cannot be read (the last token is kept)."""
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
 async def _api_error(response: aiohttp.ClientResponse) -> ApiError:
     text = await response.text(errors="replace")
     try:
         status = json.loads(text)
+        if not isinstance(status, dict):
+            raise ValueError(text)
         reason, message = str(status.get("reason", "")), str(status.get("message", text))
     except ValueError:
         reason, message = response.reason or "", text[:500]
-    return ApiError(response.status, reason, message)
+    retry_after: float | None
+    try:
+        retry_after = max(0.0, float(response.headers.get("Retry-After", "")))
+    except ValueError:
+        retry_after = None
+    return ApiError(response.status, reason, message, retry_after=retry_after)
 
 
 class KubeClient:
@@ -87,6 +106,9 @@ class KubeClient:
         self._session: aiohttp.ClientSession | None = None
         self._token = credentials.token
         self._token_read = time.monotonic()
+        self._expires_at = credentials.expires_at
+        self._renewing = asyncio.Lock()
+        self.token_renewals = 0
         self.requests = 0
 
     def _open(self) -> aiohttp.ClientSession:
@@ -100,17 +122,47 @@ class KubeClient:
             )
         return self._session
 
-    def _headers(self, content_type: str | None = None) -> dict[str, str]:
-        # Projected service-account tokens rotate; re-read the file every minute.
-        if self.credentials.token_path and time.monotonic() - self._token_read > 60:
-            try:
-                self._token = Path(self.credentials.token_path).read_text().strip()
+    @property
+    def _renewable(self) -> bool:
+        return self.credentials.exec_plugin is not None or self.credentials.token_path is not None
+
+    def _token_due(self) -> bool:
+        if self.credentials.exec_plugin is not None:
+            return self._token is None or (
+                self._expires_at is not None and self._expires_at - time.time() < EXEC_RENEW_BEFORE_S
+            )
+        return self.credentials.token_path is not None and time.monotonic() - self._token_read > TOKEN_FILE_REREAD_S
+
+    async def _current_token(self, *, rejected: str | None = None) -> str | None:
+        """The bearer token to send, renewed first when due (as client-go does): an exec plugin is run
+        again before its token expires, a token file is read again every minute; after a 401
+        (``rejected``: the token the server refused) both are renewed at once."""
+        if not self._renewable or (rejected is None and not self._token_due()):
+            return self._token
+        async with self._renewing:  # one renewal for all the requests that found it due
+            if rejected is not None and self._token != rejected:
+                return self._token  # renewed meanwhile
+            if rejected is None and not self._token_due():
+                return self._token
+            plugin = self.credentials.exec_plugin
+            if plugin is not None:
+                try:
+                    result = await run_exec_plugin_async(plugin)
+                except ConfigError as exc:
+                    # Raised as an I/O error: callers retry it like an unreachable API server.
+                    raise ConnectionError(f"renewing the API token failed: {exc}") from exc
+                self._token, self._expires_at = result.token, result.expires_at
+            elif self.credentials.token_path:
+                self._token = _read_token(self.credentials.token_path) or self._token
                 self._token_read = time.monotonic()
-            except OSError:
-                pass
+            self.token_renewals += 1
+            return self._token
+
+    @staticmethod
+    def _headers(token: str | None, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         if content_type:
             headers["Content-Type"] = content_type
         return headers
@@ -125,21 +177,27 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         content = None if body is None else json.dumps(body).encode()
-        self.requests += 1
-        try:
-            async with self._open().request(
-                method,
-                self._server + path,
-                data=content,
-                params=params,
-                headers=self._headers(content_type if content is not None else None),
-            ) as response:
-                if response.status >= 400:
-                    raise await _api_error(response)
-                raw = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Callers handle an unreachable or failing API server as OSError; aiohttp's errors are not all one.
-            raise ConnectionError(f"{method} {path}: {exc!r}") from exc
+        token = await self._current_token()
+        for last_try in (False, True):
+            self.requests += 1
+            try:
+                async with self._open().request(
+                    method,
+                    self._server + path,
+                    data=content,
+                    params=params,
+                    headers=self._headers(token, content_type if content is not None else None),
+                ) as response:
+                    if response.status == 401 and self._renewable and not last_try:
+                        token = await self._current_token(rejected=token)
+                        continue  # once more with a renewed token
+                    if response.status >= 400:
+                        raise await _api_error(response)
+                    raw = await response.read()
+                    break
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Callers handle an unreachable or failing API server as OSError; aiohttp's errors are not all one.
+                raise ConnectionError(f"{method} {path}: {exc!r}") from exc
         result = json.loads(raw) if raw else {}
         return result if isinstance(result, dict) else {}
 
@@ -148,11 +206,14 @@ class KubeClient:
     ) -> AsyncIterator[bytes]:
         """The lines of a streamed GET (a watch), as bytes; ApiError for an error status."""
         self.requests += 1
+        token = await self._current_token()
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=read_timeout_s)
         try:
             async with self._open().get(
-                self._server + path, params=params, headers=self._headers(), timeout=timeout
+                self._server + path, params=params, headers=self._headers(token), timeout=timeout
             ) as response:
+                if response.status == 401 and self._renewable:
+                    await self._current_token(rejected=token)  # the watch is started again by its caller
                 if response.status >= 400:
                     raise await _api_error(response)
                 pending = b""

@@ -1,15 +1,22 @@
 """Credentials for the API server: the in-cluster service account, or the current kubeconfig context.
 
 Read here rather than by the ``kubernetes`` package, whose import costs the operator about 25 MB
-of memory for a few fields. Kubeconfigs whose user runs an ``exec`` plugin or an
-``auth-provider`` still go through the ``kubernetes`` package (see ``needs_client_library``).
+of memory for a few fields. An ``exec`` plugin is run here too (the ExecCredential protocol, as
+client-go runs it), and run again by the API client before the token it gave expires or after a
+401. Kubeconfigs whose user has an ``auth-provider`` still go through the ``kubernetes`` package
+(see ``needs_client_library``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import datetime as dt
+import json
 import os
+import shutil
 import stat
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +33,24 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class ExecPlugin:
+    """A kubeconfig user's ``exec`` section: a command that prints an ExecCredential."""
+
+    command: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    api_version: str = "client.authentication.k8s.io/v1"
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    token: str | None
+    expires_at: float | None  # epoch seconds; None: valid until a 401 says otherwise
+    cert_data: bytes | None = None
+    key_data: bytes | None = None
+
+
+@dataclass(frozen=True)
 class Credentials:
     server: str
     ca_path: str | None
@@ -35,6 +60,8 @@ class Credentials:
     token: str | None
     token_path: str | None
     default_namespace: str | None
+    exec_plugin: ExecPlugin | None = None  # run again for a new token (see KubeClient)
+    expires_at: float | None = None  # of ``token``, when an exec plugin said so
 
 
 def in_cluster_available(sa_dir: Path = SA_DIR) -> bool:
@@ -113,14 +140,88 @@ def _current_context(paths: list[Path]) -> _Context:
 
 
 def needs_client_library(paths: list[Path] | None = None) -> bool:
-    """True when the current context's user authenticates through an exec plugin or an auth-provider."""
+    """True when the current context's user authenticates through an auth-provider."""
     if in_cluster_available():
         return False
     try:
         user = _current_context(paths or kubeconfig_paths()).user
     except ConfigError:
         return False
-    return bool(user.get("exec") or user.get("auth-provider"))
+    return bool(user.get("auth-provider"))
+
+
+def exec_plugin(section: dict[str, Any], base: Path) -> ExecPlugin:
+    command = str(section.get("command") or "")
+    if not command:
+        raise ConfigError("the kubeconfig user's exec section has no command")
+    if os.sep in command and not os.path.isabs(command):
+        command = str(base / command)  # as client-go: relative to the kubeconfig's folder
+    env = tuple((str(e.get("name")), str(e.get("value", ""))) for e in section.get("env") or () if e.get("name"))
+    return ExecPlugin(
+        command=command,
+        args=tuple(str(a) for a in section.get("args") or ()),
+        env=env,
+        api_version=str(section.get("apiVersion") or ExecPlugin.api_version),
+    )
+
+
+def _exec_call(plugin: ExecPlugin) -> tuple[list[str], dict[str, str]]:
+    info = {"apiVersion": plugin.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
+    env = {**os.environ, **dict(plugin.env), "KUBERNETES_EXEC_INFO": json.dumps(info)}
+    command = shutil.which(plugin.command, path=env.get("PATH")) or plugin.command
+    return [command, *plugin.args], env
+
+
+def parse_exec_output(output: bytes, command: str) -> ExecResult:
+    """The ExecCredential a plugin printed (client.authentication.k8s.io v1 or v1beta1)."""
+    try:
+        doc = json.loads(output)
+        status = doc["status"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"exec plugin {command} printed no ExecCredential with a status") from exc
+    expires_at = None
+    if status.get("expirationTimestamp"):
+        stamp = str(status["expirationTimestamp"]).replace("Z", "+00:00")
+        try:
+            expires_at = dt.datetime.fromisoformat(stamp).timestamp()
+        except ValueError as exc:
+            raise ConfigError(f"exec plugin {command}: unreadable expirationTimestamp") from exc
+    cert, key = status.get("clientCertificateData"), status.get("clientKeyData")
+    token = status.get("token")
+    if not token and not (cert and key):
+        raise ConfigError(f"exec plugin {command} returned neither a token nor a client certificate")
+    return ExecResult(
+        token=str(token) if token else None,
+        expires_at=expires_at,
+        cert_data=str(cert).encode() if cert else None,
+        key_data=str(key).encode() if key else None,
+    )
+
+
+def run_exec_plugin(plugin: ExecPlugin) -> ExecResult:
+    argv, env = _exec_call(plugin)
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"exec plugin {plugin.command} could not run: {exc}") from exc
+    if done.returncode != 0:
+        raise ConfigError(f"exec plugin {plugin.command} exited with {done.returncode}")
+    return parse_exec_output(done.stdout, plugin.command)
+
+
+async def run_exec_plugin_async(plugin: ExecPlugin) -> ExecResult:
+    """The same, without blocking the event loop."""
+    argv, env = _exec_call(plugin)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(f"exec plugin {plugin.command} could not run: {exc}") from exc
+    if proc.returncode != 0:
+        raise ConfigError(f"exec plugin {plugin.command} exited with {proc.returncode}")
+    return parse_exec_output(output, plugin.command)
 
 
 # Inline data written to files, by content: credentials are loaded again at every (re-)login.
@@ -158,20 +259,33 @@ def from_kubeconfig(paths: list[Path] | None = None) -> Credentials:
     token_path = _path(ctx.user["tokenFile"], ctx.base) if ctx.user.get("tokenFile") else None
     if token_path and not token:
         token = Path(token_path).read_text().strip()
+    cert_path = _file_or_data(ctx.user, "client-certificate", ctx.base)
+    key_path = _file_or_data(ctx.user, "client-key", ctx.base)
+    plugin, expires_at = None, None
+    if ctx.user.get("exec"):
+        plugin = exec_plugin(dict(ctx.user["exec"]), ctx.base)
+        result = run_exec_plugin(plugin)
+        token, expires_at = result.token, result.expires_at
+        if result.cert_data and result.key_data:
+            # A client certificate from the plugin is read once, at (re-)login.
+            cert_path = _file_or_data({"c-data": base64.b64encode(result.cert_data)}, "c", ctx.base)
+            key_path = _file_or_data({"k-data": base64.b64encode(result.key_data)}, "k", ctx.base)
     return Credentials(
         server=server,
         ca_path=_file_or_data(ctx.cluster, "certificate-authority", ctx.base),
         verify=not ctx.cluster.get("insecure-skip-tls-verify", False),
-        cert_path=_file_or_data(ctx.user, "client-certificate", ctx.base),
-        key_path=_file_or_data(ctx.user, "client-key", ctx.base),
+        cert_path=cert_path,
+        key_path=key_path,
         token=str(token) if token else None,
         token_path=token_path,
         default_namespace=ctx.namespace,
+        exec_plugin=plugin,
+        expires_at=expires_at,
     )
 
 
 def through_client_library() -> Credentials:
-    """Exec plugins and auth-providers: the ``kubernetes`` package runs them."""
+    """Auth-providers: the ``kubernetes`` package runs them."""
     import kubernetes
 
     config = kubernetes.client.Configuration()

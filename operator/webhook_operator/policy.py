@@ -63,8 +63,19 @@ class ParsedURL:
     target: str  # path and query, at least "/"
 
 
+def shown_url(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, the only part a message may show: its path, query and user
+    info often carry a token, and a message ends up in status, logs and Events."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0].rpartition("@")[2]
+    shown = f"{scheme}://{netloc}" if scheme else netloc
+    return shown if len(shown) <= 100 else shown[:97] + "..."
+
+
 def _invalid(url: str, problem: str) -> PolicyViolation:
-    shown = url if len(url) <= 100 else url[:97] + "..."
+    shown = shown_url(url)
     return PolicyViolation(
         "InvalidURL",
         f"spec.url {shown!r} is not a valid webhook URL: {problem}. "
@@ -120,8 +131,8 @@ def parse_url(url: str, *, allow_http: bool) -> ParsedURL:
         if not allow_http:
             raise PolicyViolation(
                 "InsecureURL",
-                f"spec.url {url!r} uses plain http://; deliveries must use https:// so payloads and signatures "
-                "are encrypted. Change the URL to https://, or run the operator with --allow-http "
+                f"spec.url {shown_url(url)!r} uses plain http://; deliveries must use https:// so payloads and "
+                "signatures are encrypted. Change the URL to https://, or run the operator with --allow-http "
                 "(meant for development).",
             )
     elif scheme != "https":

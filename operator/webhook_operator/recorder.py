@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -15,11 +17,19 @@ log = logging.getLogger(__name__)
 COMPONENT = "webhook-operator"
 
 
-async def record(kube: KubeClient, obj: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
-    """Post one Event; failures to post are logged and otherwise ignored."""
+def instance_name() -> str:
+    """The pod that acts: ``POD_NAME`` (the chart sets it from the downward API), else the host name."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+def event_body(
+    obj: Mapping[str, Any], *, type_: str, reason: str, message: str, instance: str | None = None
+) -> dict[str, Any]:
+    """A core/v1 Event about ``obj``, naming this pod as the reporting instance and source host."""
     meta = obj["metadata"]
     stamp = format_time(now())
-    event = {
+    instance = instance or instance_name()
+    return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
@@ -33,13 +43,19 @@ async def record(kube: KubeClient, obj: Mapping[str, Any], *, type_: str, reason
         "type": type_,
         "reason": reason,
         "message": message[:1024],
-        "source": {"component": COMPONENT},
+        "source": {"component": COMPONENT, "host": instance},
         "reportingComponent": COMPONENT,
-        "reportingInstance": COMPONENT,
+        "reportingInstance": instance,
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+async def record(kube: KubeClient, obj: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
+    """Post one Event; failures to post are logged and otherwise ignored."""
+    meta = obj["metadata"]
+    event = event_body(obj, type_=type_, reason=reason, message=message)
     try:
         await kube.create(resource_path("events", meta["namespace"], group="", version="v1"), event)
     except (ApiError, OSError) as exc:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import start_http_server
 
 from webhook_operator import __version__
+from webhook_operator.apiretry import with_retries
 from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex
-from webhook_operator.kube import ApiError, KubeClient, load_credentials, resource_path
+from webhook_operator.kube import KubeClient, load_credentials, resource_path
 from webhook_operator.metrics import Metrics
 from webhook_operator.settings import Settings
 from webhook_operator.watch import ResourceWatch
@@ -66,10 +66,7 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
         start_http_server(settings.metrics_port, settings.bind_address, registry=runtime.metrics.registry)
     scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:
-        async for page in _pages_with_retries(runtime.kube, resource_path("webhooks", namespace)):
-            for body in page:
-                body.setdefault("kind", "Webhook")
-                await runtime.webhooks.reconcile(body)
+        await load_webhooks(runtime, namespace)
     log.info("loaded %d webhook(s); delivering", len(runtime.index))
     runtime.tasks.append(asyncio.create_task(runtime.webhooks.health_loop(), name="health"))
     runtime.tasks.append(asyncio.create_task(runtime.engine.expiry_loop(), name="event-ttl"))
@@ -84,23 +81,18 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
         runtime.tasks.append(asyncio.create_task(watch.run(), name=f"watch-events-{namespace or 'all'}"))
 
 
-async def _pages_with_retries(kube: KubeClient, path: str, attempts: int = 30) -> AsyncIterator[list[dict[str, Any]]]:
-    """List page by page, riding out an API server that is still starting (429 "storage is
-    (re)initializing", 5xx) before the first page; a failure after that is raised."""
-    for attempt in range(attempts):
-        pages = kube.list_pages(path)
-        try:
-            first = await anext(pages)
-        except ApiError as exc:
-            if (exc.status != 429 and exc.status < 500) or attempt == attempts - 1:
-                raise
-            log.info("listing %s: %s; retrying", path, exc)
-            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
-            continue
-        yield first
-        async for page in pages:
-            yield page
-        return
+async def load_webhooks(runtime: Runtime, namespace: str | None) -> None:
+    """Reconcile every Webhook, listed page by page; an API error (a server still starting answers 429
+    "storage is (re)initializing") starts the list again after a backoff: a reconcile is idempotent."""
+    path = resource_path("webhooks", namespace)
+
+    async def load() -> None:
+        async for page in runtime.kube.list_pages(path):
+            for body in page:
+                body.setdefault("kind", "Webhook")
+                await runtime.webhooks.reconcile(body)
+
+    await with_retries(load, what=f"listing {path}")
 
 
 async def stop(runtime: Runtime) -> None:

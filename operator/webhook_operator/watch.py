@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from webhook_operator.apiretry import backoff_delay, retry_after_of
 from webhook_operator.kube import ApiError, KubeClient
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ Handler = Callable[[str | None, dict[str, Any]], Awaitable[None]]
 Waiter = Callable[[], Awaitable[None]]
 PAGE_SIZE = 250
 WATCH_TIMEOUT_S = 300
-RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# A failed list or watch is tried again after backoff_delay(failures, base=0.2, cap=5).
+RETRY_BASE_S, RETRY_CAP_S = 0.2, 5.0
 
 
 class Gone(Exception):
@@ -70,14 +72,14 @@ class ResourceWatch:
                 log.info("watch of %s expired; listing again", self.path)
                 continue
             except (ApiError, OSError, ValueError) as exc:
-                delay = RETRY_S[min(failures, len(RETRY_S) - 1)]
                 failures += 1
-                log.warning("watching %s failed (%s); retrying in %ss", self.path, exc, delay)
+                delay = backoff_delay(failures, retry_after=retry_after_of(exc), base=RETRY_BASE_S, cap=RETRY_CAP_S)
+                log.warning("watching %s failed (%s); retrying in %.1fs", self.path, exc, delay)
                 await asyncio.sleep(delay)
             except Exception:  # a bug must not end the watch: every event would then go undelivered
-                delay = RETRY_S[min(failures, len(RETRY_S) - 1)]
                 failures += 1
-                log.exception("watching %s failed unexpectedly; listing again in %ss", self.path, delay)
+                delay = backoff_delay(failures, base=RETRY_BASE_S, cap=RETRY_CAP_S)
+                log.exception("watching %s failed unexpectedly; listing again in %.1fs", self.path, delay)
                 await asyncio.sleep(delay)
 
     async def _wait_until_idle(self) -> None:

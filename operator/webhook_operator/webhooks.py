@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from webhook_operator import GROUP, VERSION
+from webhook_operator.apiretry import backoff_delay, retry_after_of, with_retries
 from webhook_operator.health import HealthWindow, healthy_condition
 from webhook_operator.index import Key, WebhookIndex, WebhookState
 from webhook_operator.kube import ApiError, KubeClient, resource_path
@@ -40,7 +41,6 @@ from webhook_operator.settings import Settings
 from webhook_operator.status import condition, merge_conditions, webhook_conditions, without_volatile
 
 log = logging.getLogger(__name__)
-RETRY_AFTER_API_ERROR_S = 5.0
 HEALTH_RESYNC_S = 60.0
 
 TestSender = Callable[[WebhookState, str], Awaitable[dict[str, Any]]]
@@ -62,6 +62,7 @@ class WebhookController:
         self._tests_running: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._health_written: dict[Key, dict[str, Any]] = {}
+        self._failures: dict[Key, int] = {}  # reconciles in a row that met an API error
 
     # -- watch entry points -------------------------------------------------------------
     async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
@@ -81,6 +82,7 @@ class WebhookController:
         self.index.remove(namespace, name)
         self.metrics.remove_webhook(namespace, name)
         self._health_written.pop((namespace, name), None)
+        self._failures.pop((namespace, name), None)
         timer = self._timers.pop((namespace, name), None)
         if timer:
             timer.cancel()
@@ -93,10 +95,38 @@ class WebhookController:
             try:
                 await self._reconcile(body, force=force)
             except (ApiError, OSError) as exc:
-                log.warning(
-                    "reconciling webhook %s/%s failed, retrying in %.0fs: %s", *key, RETRY_AFTER_API_ERROR_S, exc
-                )
-                self._schedule(key, RETRY_AFTER_API_ERROR_S)
+                # Never final: the webhook keeps its place in the index (as it was, or as known but not
+                # yet resolved) and is reconciled again after a backoff.
+                self._keep_known(body)
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = backoff_delay(failures, retry_after=retry_after_of(exc))
+                log.warning("reconciling webhook %s/%s failed, retrying in %.1fs: %s", *key, delay, exc)
+                self._schedule(key, delay)
+            else:
+                self._failures.pop(key, None)
+
+    def _keep_known(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        state = self.index.get(meta["namespace"], meta["name"])
+        if state is not None and state.uid == meta["uid"]:
+            return
+        state = self._new_state(body)
+        state.resolving = True
+        self.index.put(state)
+        self.metrics.webhook_state(state.namespace, state.name, enabled=state.spec.enabled, ready=False)
+
+    def _new_state(self, body: dict[str, Any]) -> WebhookState:
+        meta = body["metadata"]
+        return WebhookState(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation") or 0),
+            spec=parse_webhook_spec(body.get("spec") or {}),
+            body=slim_body(body),
+            health=HealthWindow.from_status((body.get("status") or {}).get("health")),
+            limiter=asyncio.Semaphore(self.settings.per_webhook_concurrency),
+        )
 
     async def _reconcile(self, body: dict[str, Any], *, force: bool) -> None:
         meta = body["metadata"]
@@ -114,16 +144,7 @@ class WebhookController:
             state.body = slim_body(body)
             return
         if state is None or state.uid != uid:
-            state = WebhookState(
-                namespace=namespace,
-                name=name,
-                uid=uid,
-                generation=int(meta.get("generation") or 0),
-                spec=parse_webhook_spec(body.get("spec") or {}),
-                body=slim_body(body),
-                health=HealthWindow.from_status(status.get("health")),
-                limiter=asyncio.Semaphore(self.settings.per_webhook_concurrency),
-            )
+            state = self._new_state(body)
         spec = parse_webhook_spec(body.get("spec") or {})
         current = now()
         problems: list[Problem] = []
@@ -165,6 +186,7 @@ class WebhookController:
         state.keys = keys.keys
         state.secret_refs = secret_refs(spec) | {signing_secret_name(name)}
         state.ready = not problems
+        state.resolving = False
         state.fingerprint = fingerprint
         self.index.put(state)
         self.metrics.webhook_state(namespace, name, enabled=spec.enabled, ready=state.ready)
@@ -273,8 +295,11 @@ class WebhookController:
         try:
             body = await self.kube.get(webhook_path(namespace, name))
         except (ApiError, OSError) as exc:
-            log.warning("reading webhook %s/%s failed, retrying: %s", namespace, name, exc)
-            self._schedule((namespace, name), RETRY_AFTER_API_ERROR_S)
+            key = (namespace, name)
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            delay = backoff_delay(failures, retry_after=retry_after_of(exc))
+            log.warning("reading webhook %s/%s failed, retrying in %.1fs: %s", namespace, name, delay, exc)
+            self._schedule(key, delay)
             return
         if body is not None:
             await self.reconcile(body, force=True)
@@ -303,9 +328,12 @@ class WebhookController:
             else:
                 results = list(await asyncio.gather(*(self.send_test(state, e) for e in state.spec.events)))
             last_test = {"requestedAt": value, "completedAt": format_time(now()), "results": results}
+            path = webhook_path(state.namespace, state.name, "status")
             async with self._locks[state.key]:
-                await self.kube.merge_patch(
-                    webhook_path(state.namespace, state.name, "status"), {"status": {"lastTest": last_test}}
+                await with_retries(
+                    lambda: self.kube.merge_patch(path, {"status": {"lastTest": last_test}}),
+                    what=f"recording the test of {state.hook_id}",
+                    give_up=lambda: self.index.get(*state.key) is None,
                 )
             failed = [r for r in results if r.get("error") or not (200 <= int(r.get("statusCode") or 0) < 300)]
             summary = ", ".join(f"{r['event']}: {r.get('statusCode') or r.get('error', '')}" for r in results)

@@ -14,6 +14,8 @@ from tests.support.kube_helpers import (
     Manifest,
     annotate,
     apply,
+    create,
+    event_manifest,
     get,
     merge_patch,
     metric_value,
@@ -240,3 +242,44 @@ def test_same_redelivery_value_sends_nothing_again_even_after_a_restart(
     annotate(kubectl, namespace, f"webhookevent/{name}", REDELIVER_ANNOTATION, "r2")
     receiver.wait_for(3, "/hook")
     wait_until(lambda: redelivery_handled("r2"), what="redelivery r2")
+
+
+def test_a_redelivery_requested_while_the_delivery_still_runs_is_honoured(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator
+) -> None:
+    """The request lands between retries; the event ends Failed, then the redelivery runs (not dropped
+    because the object then carries the resourceVersion of the operator's own last write)."""
+    start_operator(namespace)
+    receiver.script("/hook", Reply(500), Reply(500), Reply(500), Reply(200, b"fixed"))
+    add_webhook(kubectl, namespace, receiver, "hook", ["User.Created"], maxRetries=2, backoffSeconds=1)
+    name = create(kubectl, namespace, event_manifest("User.Created"))
+    receiver.wait_for(1, "/hook", timeout=15)
+    assert get(kubectl, namespace, f"webhookevent/{name}").get("status", {}).get("phase") != "Failed"
+    annotate(kubectl, namespace, f"webhookevent/{name}", REDELIVER_ANNOTATION, "r1")
+
+    def redelivered() -> Manifest | None:
+        obj = get(kubectl, namespace, f"webhookevent/{name}")
+        status = obj.get("status") or {}
+        done = (status.get("redelivery") or {}).get("requestedAt") == "r1" and status.get("phase") == "Delivered"
+        return obj if done else None
+
+    event = wait_until(redelivered, what="the redelivery requested mid-delivery", timeout=30)
+    assert event["status"]["deliveries"][0]["attempts"] == 1
+    assert len(receiver.received("/hook")) == 4
+
+
+def test_kubernetes_events_name_the_pod(
+    kubectl: KubectlFn,
+    namespace: str,
+    receiver: Receiver,
+    start_operator: StartOperator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("POD_NAME", "webhook-operator-7d9f8-x2k4q")
+    start_operator(namespace)
+    add_webhook(kubectl, namespace, receiver, "hook", ["User.Created"])
+    annotate(kubectl, namespace, "webhook/hook", TEST_ANNOTATION, "2026-11-28T03:00:00Z")
+    (sent,) = wait_until(lambda: kube_events(kubectl, namespace, "hook", "TestPayloadSent"), what="a Kubernetes Event")
+    assert sent["reportingComponent"] == "webhook-operator"
+    assert sent["reportingInstance"] == "webhook-operator-7d9f8-x2k4q"
+    assert sent["source"] == {"component": "webhook-operator", "host": "webhook-operator-7d9f8-x2k4q"}

@@ -141,6 +141,8 @@ def test_cluster_wide_install_grants_exactly_the_documented_rules(release: Relea
     for ns in (release.namespace, other_namespace):
         assert release.can("watch", "webhooks.webhook-operator.io", ns)
         assert release.can("patch", "webhooks.webhook-operator.io", ns, "status")
+        # blockOwnerDeletion on the signing Secret, under OwnerReferencesPermissionEnforcement.
+        assert release.can("update", "webhooks.webhook-operator.io", ns, "finalizers")
         assert release.can("delete", "webhookevents.webhook-operator.io", ns)
         assert release.can("patch", "webhookevents.webhook-operator.io", ns, "status")
         assert release.can("create", "secrets", ns)

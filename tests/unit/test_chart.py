@@ -28,6 +28,7 @@ TEMPLATE = ("template", RELEASE, str(CHART), "--kube-version", binaries.KUBERNET
 NAMESPACED_RULES = [
     {"apiGroups": ["webhook-operator.io"], "resources": ["webhooks"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["webhook-operator.io"], "resources": ["webhooks/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["webhook-operator.io"], "resources": ["webhooks/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["webhook-operator.io"], "resources": ["webhookevents"], "verbs": ["get", "list", "watch", "delete"]},
     {"apiGroups": ["webhook-operator.io"], "resources": ["webhookevents/status"], "verbs": ["get", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch", "create", "patch"]},

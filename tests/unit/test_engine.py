@@ -3,26 +3,28 @@ events) and one attempt against a real HTTPS server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from standardwebhooks import Webhook as StandardWebhook
 
 from tests.support.receiver import Receiver, Reply
 from webhook_operator.delivery.attempt import AttemptResult, send
-from webhook_operator.delivery.engine import DeliveryEngine, format_time_precise
+from webhook_operator.delivery.engine import NOT_READY, DeliveryEngine, format_time_precise, waiting_reason
 from webhook_operator.delivery.retention import Due
 from webhook_operator.delivery.transport import RESPONSE_BODY_LIMIT, DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import Credentials, KubeClient
 from webhook_operator.metrics import Metrics
 from webhook_operator.model import REDELIVER_ANNOTATION, WebhookSpec, now, parse_time
-from webhook_operator.policy import DestinationPolicy
+from webhook_operator.policy import DestinationPolicy, parse_url
 from webhook_operator.retry import FAILURE_BLOCKED, FAILURE_ERROR, FAILURE_TIMEOUT, RetryPolicy
 from webhook_operator.settings import Settings
 from webhook_operator.signing import logto_signature, standard_webhooks_secret
@@ -417,12 +419,140 @@ async def test_an_untrusted_certificate_is_a_tls_error(receiver: Receiver) -> No
 
 async def test_a_stale_watch_event_does_not_restart_an_event_that_just_finished(engine: DeliveryEngine) -> None:
     job = engine._job_from(event_body())
-    job.resource_version = 120
+    job.final_written = True
     engine._remember_finished(job)
     stale = event_body({"phase": "Delivering", "deliveries": [dict(SUCCEEDED, outcome="Retrying")]})
-    stale["metadata"]["resourceVersion"] = "119"
-    await engine.on_event("MODIFIED", stale)
+    # resourceVersions are opaque: neither an "older" nor a "newer" looking one may decide.
+    for version in ("119", "121", "not-a-number"):
+        stale["metadata"]["resourceVersion"] = version
+        await engine.on_event("MODIFIED", stale)
     assert engine.active_jobs == 0, "a status older than our last write must not start a job"
-    assert engine._is_stale(job.uid, "120")  # the echo of that write: its expiry is already queued
-    assert not engine._is_stale(job.uid, "121")
-    assert not engine._is_stale("another-uid", "1")
+
+
+async def test_a_redelivery_requested_while_the_event_runs_is_answered_after_it(
+    engine: DeliveryEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request arrives while a job runs; the fresh read afterwards carries our own last write."""
+    reads: list[str] = []
+    final = {"phase": "Failed", "deliveries": [FAILED], "redelivery": {"requestedAt": "r1"}}
+    fresh = event_body(final, {REDELIVER_ANNOTATION: "r2"})
+    fresh["metadata"]["resourceVersion"] = "57"
+
+    async def get(path: str) -> dict[str, Any]:
+        reads.append(path)
+        return fresh
+
+    monkeypatch.setattr(engine.kube, "get", get)
+    job = engine._job_from(event_body({"phase": "Failed", "deliveries": [FAILED]}), redeliver="r1")
+    engine._jobs[job.uid] = job
+    await engine.on_event("MODIFIED", event_body(final, {REDELIVER_ANNOTATION: "r2"}))
+    assert job.next_redelivery == "r2"
+    # The job ends: its final write is remembered, then the request is answered from a fresh read.
+    engine._jobs.pop(job.uid)
+    job.final_written = True
+    engine._remember_finished(job)
+    engine._redeliver_fresh(job.namespace, job.name, job.uid)
+    await wait_for(lambda: engine.active_jobs == 1)
+    (started,) = engine._jobs.values()
+    assert started.redelivery is not None and started.redelivery["requestedAt"] == "r2"
+    assert len(reads) == 1
+
+
+async def test_a_redelivery_request_seen_late_in_an_old_version_is_still_answered(
+    engine: DeliveryEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch delivers the annotated version after our final write (which it predates)."""
+    fresh = event_body({"phase": "Failed", "deliveries": [FAILED]}, {REDELIVER_ANNOTATION: "r1"})
+
+    async def get(path: str) -> dict[str, Any]:
+        return fresh
+
+    monkeypatch.setattr(engine.kube, "get", get)
+    job = engine._job_from(event_body())
+    job.final_written = True
+    engine._remember_finished(job)
+    old = event_body(
+        {"phase": "Delivering", "deliveries": [dict(FAILED, outcome="Retrying")]}, {REDELIVER_ANNOTATION: "r1"}
+    )
+    await engine.on_event("MODIFIED", old)
+    await wait_for(lambda: engine.active_jobs == 1)
+    # Its echo (status.redelivery answered) starts nothing more.
+    (started,) = engine._jobs.values()
+    engine._jobs.clear()
+    started.final_written = True
+    engine._remember_finished(started)
+    answered = event_body(
+        {"phase": "Failed", "deliveries": [FAILED], "redelivery": {"requestedAt": "r1"}}, {REDELIVER_ANNOTATION: "r1"}
+    )
+    await engine.on_event("MODIFIED", old)
+    await engine.on_event("MODIFIED", answered)
+    await asyncio.sleep(0.05)
+    assert engine.active_jobs == 0
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    deadline = asyncio.get_running_loop().time() + 2.0
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def test_only_a_deleted_or_disabled_webhook_ends_a_delivery() -> None:
+    ready = webhook_state()
+    not_ready = webhook_state(ready=False)
+    resolving = webhook_state(ready=False, resolving=True)
+    disabled = webhook_state(enabled=False)
+    assert waiting_reason(ready) is None
+    assert waiting_reason(not_ready) == NOT_READY
+    assert waiting_reason(resolving) == NOT_READY
+    assert waiting_reason(disabled) == "webhook disabled"
+    assert waiting_reason(None) == "webhook deleted"
+
+
+def webhook_state(*, ready: bool = True, enabled: bool = True, resolving: bool = False) -> WebhookState:
+    url = "https://127.0.0.1:1/hook"
+    return WebhookState(
+        namespace="shop",
+        name="hook",
+        uid="w-uid",
+        generation=1,
+        spec=WebhookSpec(url=url, events=("User.Created",), enabled=enabled),
+        body={},
+        ready=ready,
+        url=parse_url(url, allow_http=False),
+        keys=(KEY,),
+        resolving=resolving,
+    )
+
+
+async def test_an_attempt_ending_after_its_webhook_was_deleted_leaves_its_series_gone(
+    engine: DeliveryEngine, ca_bundle: Path, receiver: Receiver
+) -> None:
+    engine.client = make_client(policy=LOOPBACK, ca_bundle=str(ca_bundle), user_agent=USER_AGENT)
+    receiver.script("/hook", Reply(200, delay_s=0.5))
+    state = webhook(receiver.url("/hook"))
+    state.url = parse_url(receiver.url("/hook"), allow_http=False)
+    state.limiter = asyncio.Semaphore(1)
+    engine.index.put(state)
+    engine.metrics.webhook_state("shop", "hook", enabled=True, ready=True)
+    job = engine._job_from(event_body())
+    entry = {"webhook": "hook", "id": "msg_1", "outcome": "Pending", "attempts": 0}
+    attempt = asyncio.ensure_future(engine._attempt(job, entry, state))
+    await asyncio.sleep(0.2)  # the request is at the receiver, which answers after 0.5 s
+    engine.index.remove("shop", "hook")  # what the DELETED watch event does
+    engine.metrics.remove_webhook("shop", "hook")
+    outcome = await attempt
+    await engine.client.aclose()
+
+    assert outcome.status_code == 200
+    exposed = generate_latest(engine.metrics.registry).decode()
+    assert 'webhook="hook"' not in exposed, exposed
+
+
+def test_a_webhook_resolving_after_an_api_error_still_subscribes_and_a_not_ready_one_does_not() -> None:
+    index = WebhookIndex()
+    resolving = webhook_state(ready=False, resolving=True)
+    index.put(resolving)
+    assert index.subscribers("shop", "User.Created") == [resolving]
+    resolving.resolving = False
+    assert index.subscribers("shop", "User.Created") == []

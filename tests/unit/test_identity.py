@@ -11,7 +11,9 @@ from webhook_operator.identity import instance_name
 
 
 def test_pod_name_wins() -> None:
-    assert instance_name({"POD_NAME": "webhook-operator-7d9f-abcde", "HOSTNAME": "other"}) == "webhook-operator-7d9f-abcde"
+    assert (
+        instance_name({"POD_NAME": "webhook-operator-7d9f-abcde", "HOSTNAME": "other"}) == "webhook-operator-7d9f-abcde"
+    )
 
 
 def test_without_pod_name_the_host_name_serves_and_the_user_name_is_never_asked(

@@ -431,3 +431,30 @@ async def test_localhost_is_blocked_by_default_and_allowed_in_dev_mode() -> None
         await allowed_addresses("localhost", 443, DestinationPolicy())
     dev = DestinationPolicy.from_strings(["127.0.0.0/8", "::1/128"])
     assert await allowed_addresses("localhost", 443, dev)
+
+
+SECRET_URLS = [
+    ("http://hooks.example.com/t/SECRET-PATH?token=SECRET-QUERY", "http://hooks.example.com"),
+    ("https://user:SECRET-PASS@hooks.example.com:8443/SECRET-PATH", "https://hooks.example.com:8443"),
+    ("https://hooks.example.com/SECRET-PATH?token=SECRET-QUERY\n", "https://hooks.example.com"),
+    ("ftp://hooks.example.com/SECRET-PATH?token=SECRET-QUERY", "ftp://hooks.example.com"),
+    ("https://bad_host!.example.com/SECRET-PATH?token=SECRET-QUERY", "https://bad_host!.example.com"),
+    ("https://[::1/SECRET-PATH?token=SECRET-QUERY", "https://[::1"),
+    ("https://hooks.example.com:0/SECRET-PATH", "https://hooks.example.com:0"),
+]
+
+
+@pytest.mark.parametrize(("url", "shown"), SECRET_URLS)
+def test_url_messages_show_scheme_host_and_port_only(url: str, shown: str) -> None:
+    with pytest.raises(PolicyViolation) as info:
+        parse_url(url, allow_http=False)
+    assert info.value.reason in ("InvalidURL", "InsecureURL")
+    assert "SECRET" not in info.value.message, info.value.message
+    assert repr(shown) in info.value.message
+
+
+async def test_a_blocked_destination_message_shows_no_path_or_query() -> None:
+    url = parse_url("https://127.0.0.1:8443/SECRET-PATH?token=SECRET-QUERY", allow_http=False)
+    with pytest.raises(BlockedDestination) as info:
+        await allowed_addresses(url.host, url.port, DestinationPolicy.from_strings([]))
+    assert "127.0.0.1" in info.value.message and "SECRET" not in info.value.message

@@ -45,9 +45,14 @@ def test_the_operator_loads_no_kubernetes_client_and_uses_small_tls_read_buffers
     assert probe(kubeconfig(tmp_path, {"token": "t"})).strip() == "[] 32768"
 
 
-def test_an_exec_plugin_kubeconfig_keeps_the_kubernetes_package_available(tmp_path: Path) -> None:
+def test_an_exec_plugin_kubeconfig_needs_no_kubernetes_package(tmp_path: Path) -> None:
+    # kubeconfig.py runs exec plugins itself; only auth-providers still go through the package.
+    assert probe(kubeconfig(tmp_path, {"exec": {"command": "true"}})).strip() == "[] 32768"
+
+
+def test_an_auth_provider_kubeconfig_keeps_the_kubernetes_package_available(tmp_path: Path) -> None:
     script = PROBE + "import kubernetes.config\nprint('kubernetes importable')\n"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path, {"exec": {"command": "true"}}))}
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path, {"auth-provider": {"name": "oidc"}}))}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     assert "kubernetes importable" in out

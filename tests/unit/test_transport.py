@@ -405,3 +405,15 @@ async def test_proxy_environment_variables_are_ignored(
         response = await client.post(f"https://receiver.test:{receiver.port}/", b"{}", {})
     assert response.status == 200
     assert len(receiver.requests) == 1
+
+
+async def test_a_malformed_response_is_reported_without_the_url_path_or_query(
+    start_receiver: StartReceiver, ca_bundle: str
+) -> None:
+    receiver = await start_receiver("receiver.test", extra_headers={"content-length": "not-a-number"})
+    url = f"https://receiver.test:{receiver.port}/SECRET-PATH?token=SECRET-QUERY"
+    async with client_for(LOOPBACK_ALLOWED, FakeDNS(["127.0.0.1"]), ca_bundle) as client:
+        with pytest.raises(DeliveryConnectError) as info:
+            await client.post(url, b"{}", {})
+    assert receiver.requests, "the request reached the receiver"
+    assert "SECRET" not in str(info.value), str(info.value)

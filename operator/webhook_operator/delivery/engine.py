@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook_operator.apiretry import backoff_delay, is_transient, retry_after_of, with_retries
 from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.retention import Retention
 from webhook_operator.delivery.transport import DeliveryClient
@@ -39,8 +40,11 @@ from webhook_operator.signing import build_body, format_created_at, message_id
 from webhook_operator.status import delivered_summary, event_conditions, event_phase
 
 log = logging.getLogger(__name__)
-WRITE_RETRY_S = (0.5, 1, 2, 5, 10, 30)
 FINISHED_MEMORY_S = 300.0
+# A delivery due while its webhook exists but is not Ready (a header Secret being recreated, a
+# reconcile that met an API error) waits and looks again this often; only a deleted or disabled
+# webhook ends it.
+NOT_READY_RECHECK_S = 1.0
 # Deletions of expired events in flight at once: at a busy API server's 100-150 ms per request,
 # 10 fell behind the 60 events/s the operator completes (measured by the benchmark's soak).
 EXPIRY_CONCURRENCY = 32
@@ -74,10 +78,24 @@ class EventJob:
     next_redelivery: str | None = None
     written: dict[str, Any] | None = None  # the last status written, to skip identical writes
     completion_time: str | None = None
-    resource_version: int | None = None  # of the last status write
+    final_written: bool = False  # the final status is stored
     in_first_round: bool = True
     generation: int | None = None  # metadata.generation, written back as status.observedGeneration
     conditions: list[dict[str, Any]] = field(default_factory=list)  # as last read or written
+
+    @property
+    def handled_redelivery(self) -> str | None:
+        """The redeliver-requested-at value this job answers (or last answered), if any."""
+        value = (self.redelivery or {}).get("requestedAt")
+        return str(value) if value else None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An event this engine finished moments ago: watch events from before its final write may follow."""
+
+    handled_redelivery: str | None
+    clock: float
 
 
 class DeliveryEngine:
@@ -98,9 +116,11 @@ class DeliveryEngine:
         self.on_delivery_final = on_delivery_final
         self._global = asyncio.Semaphore(settings.max_concurrency)
         self._jobs: dict[str, EventJob] = {}
-        # uid -> (resourceVersion of our last write, when): a watch event older than what we wrote
-        # last is stale, and must not restart an event that just finished.
-        self._finished: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        # Events finished here in the last FINISHED_MEMORY_S: a watch event of one of them that is not a
+        # new redelivery request is an echo of our writes or older, and must not restart it. The
+        # resourceVersion cannot tell which is older: it is opaque (API conventions).
+        self._finished: OrderedDict[str, Finished] = OrderedDict()
+        self._fetching: set[str] = set()  # uids whose redelivery waits for a fresh read
         self._tasks: set[asyncio.Task[Any]] = set()
         self.retention = Retention(
             ttl_s=settings.event_ttl_s,
@@ -126,15 +146,21 @@ class DeliveryEngine:
                 job.gone = True
             self.retention.forget(uid)
             return
-        if self._is_stale(uid, meta.get("resourceVersion")):
-            return
         status = body.get("status") or {}
         redeliver = (meta.get("annotations") or {}).get(REDELIVER_ANNOTATION)
         handled = (status.get("redelivery") or {}).get("requestedAt")
         job = self._jobs.get(uid)
         if job is not None:
-            if redeliver and redeliver != handled:
+            # Whatever the version of this object: a request not yet answered is answered next.
+            if redeliver and redeliver not in (handled, job.handled_redelivery):
                 job.next_redelivery = redeliver
+            return
+        finished = self._finished.get(uid)
+        if finished is not None:
+            # Echo of our own writes, or older: only a new redelivery request counts, and it is taken
+            # from a fresh read, since this copy's status may predate our final write.
+            if redeliver and redeliver not in (handled, finished.handled_redelivery):
+                self._redeliver_fresh(meta.get("namespace", ""), meta.get("name", ""), uid)
             return
         if status.get("phase") in FINAL_PHASES:
             if redeliver and redeliver != handled:
@@ -145,24 +171,39 @@ class DeliveryEngine:
             return
         self._start(self._job_from(body))
 
-    def _is_stale(self, uid: str, resource_version: Any) -> bool:
-        written = self._finished.get(uid)
-        if written is None:
-            return False
-        try:
-            # Equal: the echo of our own last write, already handled (its expiry is queued).
-            return int(resource_version) <= written[0]
-        except (TypeError, ValueError):
-            return False
-
     def _remember_finished(self, job: EventJob) -> None:
-        if job.resource_version is None:
-            return
         clock = time.monotonic()
-        self._finished[job.uid] = (job.resource_version, clock)
-        self._finished.move_to_end(job.uid)
-        while self._finished and next(iter(self._finished.values()))[1] < clock - FINISHED_MEMORY_S:
+        while self._finished and next(iter(self._finished.values())).clock < clock - FINISHED_MEMORY_S:
             self._finished.popitem(last=False)
+        if not job.final_written:
+            self._finished.pop(job.uid, None)  # not finished: a later watch event may resume it
+            return
+        self._finished[job.uid] = Finished(job.handled_redelivery, clock)
+        self._finished.move_to_end(job.uid)
+
+    def _redeliver_fresh(self, namespace: str, name: str, uid: str) -> None:
+        """Start the redelivery requested on an event, from a fresh read of it."""
+        if uid in self._fetching:
+            return
+        self._fetching.add(uid)
+        self._spawn(self._redeliver_from_read(namespace, name, uid))
+
+    async def _redeliver_from_read(self, namespace: str, name: str, uid: str) -> None:
+        try:
+            body = await with_retries(
+                lambda: self.kube.get(event_path(namespace, name)), what=f"reading event {namespace}/{name}"
+            )
+        except (ApiError, OSError) as exc:
+            log.error("redelivery of %s/%s not started: %s", namespace, name, exc)
+            return
+        finally:
+            self._fetching.discard(uid)
+        if body is None or (body.get("metadata") or {}).get("uid") != uid or uid in self._jobs:
+            return
+        redeliver = ((body.get("metadata") or {}).get("annotations") or {}).get(REDELIVER_ANNOTATION)
+        handled = ((body.get("status") or {}).get("redelivery") or {}).get("requestedAt")
+        if redeliver and redeliver != handled:
+            self._start(self._job_from(body, redeliver=redeliver))
 
     def _job_from(self, body: dict[str, Any], *, redeliver: str | None = None) -> EventJob:
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
@@ -227,7 +268,11 @@ class DeliveryEngine:
         self._first_rounds += 1
         self._queued += 1
         self._jobs[job.uid] = job
-        task = asyncio.ensure_future(self._run(job))
+        self._finished.pop(job.uid, None)
+        self._spawn(self._run(job))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -254,58 +299,64 @@ class DeliveryEngine:
             self._jobs.pop(job.uid, None)
             self._remember_finished(job)
             if job.next_redelivery and not job.gone:
-                fresh_body = await self._read(job)
-                if fresh_body is not None:
-                    await self.on_event("MODIFIED", fresh_body)
-
-    async def _read(self, job: EventJob) -> dict[str, Any] | None:
-        try:
-            return await self.kube.get(event_path(job.namespace, job.name))
-        except (ApiError, OSError):
-            return None
+                # Requested while this job ran: the request is answered from a fresh read.
+                self._redeliver_fresh(job.namespace, job.name, job.uid)
 
     async def _deliver(self, job: EventJob, entry: dict[str, Any]) -> None:
         name = entry["webhook"]
-        pending = self.metrics.pending.labels(job.namespace, name)
-        pending.inc()
-        waiting = True
+        counted: WebhookState | None = None  # the webhook whose deliveries_pending counts this delivery
+
+        def count_pending(state: WebhookState | None) -> None:
+            nonlocal counted
+            if counted is not None and self._live(counted):
+                self.metrics.pending.labels(job.namespace, name).dec()
+            counted = state
+            if counted is not None:
+                self.metrics.pending.labels(job.namespace, name).inc()
+
         try:
             while not job.gone:
                 state = self.index.get(job.namespace, name)
-                if state is None or not state.deliverable:
-                    reason = (
-                        "webhook deleted"
-                        if state is None
-                        else ("webhook disabled" if not state.spec.enabled else "webhook not Ready")
-                    )
-                    entry.update(outcome="Failed", error=f"not delivered: {reason}")
+                ending = waiting_reason(state)
+                if ending is not None and ending != NOT_READY:
+                    entry.update(outcome="Failed", error=f"not delivered: {ending}")
                     entry.pop("nextAttemptTime", None)
                     job.running += 1
                     await self._round_done(job)
                     return
+                assert state is not None
+                if counted is not state:
+                    count_pending(state)
+                if ending == NOT_READY:
+                    # Not Ready for now (a Secret being recreated, an API error while reconciling):
+                    # the attempt waits, and is not counted, until the webhook is Ready again.
+                    self._first_round_over(job)
+                    await asyncio.sleep(NOT_READY_RECHECK_S)
+                    continue
                 due = parse_time(entry.get("nextAttemptTime"))
                 if due is not None:
                     delay = (due - now()).total_seconds()
                     if delay > 0:
-                        await asyncio.sleep(delay)
+                        await asyncio.sleep(min(delay, NOT_READY_RECHECK_S * 30))
                         continue  # the webhook may have changed while we waited
                 job.running += 1
-                pending.dec()
-                waiting = False
+                count_pending(None)
                 result = await self._attempt(job, entry, state)
                 final = self._apply(entry, result, state)
-                if final:
+                if final and self._live(state):
                     succeeded = entry["outcome"] == "Succeeded"
                     self.metrics.delivery_final(job.namespace, name, job.event, succeeded)
                     self.on_delivery_final(state, succeeded, result.status_code)
                 await self._round_done(job)
                 if final:
                     return
-                pending.inc()
-                waiting = True
         finally:
-            if waiting:
-                pending.dec()
+            count_pending(None)
+
+    def _live(self, state: WebhookState) -> bool:
+        """Whether ``state`` is still the index's webhook of its name: a deleted one's metrics stay gone."""
+        current = self.index.get(state.namespace, state.name)
+        return current is not None and current.uid == state.uid
 
     async def _attempt(self, job: EventJob, entry: dict[str, Any], state: WebhookState) -> AttemptResult:
         body = build_body(
@@ -319,16 +370,17 @@ class DeliveryEngine:
                 await self._global.acquire()
             finally:
                 self._dequeued()
-            in_flight = self.metrics.in_flight.labels(job.namespace, state.name)
-            in_flight.inc()
+            self.metrics.in_flight.labels(job.namespace, state.name).inc()
             try:
                 result = await send(self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds)
             finally:
-                in_flight.dec()
+                if self._live(state):
+                    self.metrics.in_flight.labels(job.namespace, state.name).dec()
                 self._global.release()
-        self.metrics.attempt(
-            job.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
-        )
+        if self._live(state):
+            self.metrics.attempt(
+                job.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
+            )
         return result
 
     @staticmethod
@@ -367,60 +419,63 @@ class DeliveryEngine:
                 await self._write(job, final=False)
 
     async def _write(self, job: EventJob, *, final: bool) -> None:
+        """Write the job's status; a transient API error is retried until it is written or the event is gone."""
         async with job.write_lock:
-            phase = event_phase(job.deliveries)
-            if final and phase not in FINAL_PHASES:
-                return
-            delivered = delivered_summary(job.deliveries)
-            status: dict[str, Any] = {
-                "phase": phase,
-                "deliveries": job.deliveries,
-                "delivered": delivered,
-                "completionTime": None,
-                "conditions": event_conditions(
-                    job.conditions, phase=phase, delivered=delivered, generation=job.generation, now=now()
-                ),
-            }
-            if job.generation is not None:
-                status["observedGeneration"] = job.generation
-            if phase in FINAL_PHASES:
-                job.completion_time = job.completion_time or format_time(now())
-                status["completionTime"] = job.completion_time
-            if job.redelivery is not None:
-                status["redelivery"] = job.redelivery
-            if job.written == status:
-                return
-            for delay in (*WRITE_RETRY_S, None):
-                try:
-                    result = await self.kube.merge_patch(
-                        event_path(job.namespace, job.name, "status"), {"status": status}
-                    )
-                    self.status_writes += 1
-                    version = str((result.get("metadata") or {}).get("resourceVersion", ""))
-                    job.resource_version = int(version) if version.isdigit() else None
-                    job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
-                    job.conditions = status["conditions"]
+            failures = 0
+            while not job.gone:
+                # Built anew for every try: a retry writes what is current, not what failed to be written.
+                phase = event_phase(job.deliveries)
+                if final and phase not in FINAL_PHASES:
+                    return
+                status = self._status(job, phase)
+                if job.written == status:
                     break
-                except ApiError as exc:
-                    if exc.status == 404:
+                try:
+                    await self.kube.merge_patch(event_path(job.namespace, job.name, "status"), {"status": status})
+                except (ApiError, OSError) as exc:
+                    if isinstance(exc, ApiError) and exc.status == 404:
                         job.gone = True
                         return
-                    if delay is None:
-                        log.error("giving up writing status of %s/%s: %s", job.namespace, job.name, exc)
+                    if not is_transient(exc):
+                        log.error("status of %s/%s not written: %s", job.namespace, job.name, exc)
                         return
+                    failures += 1
+                    delay = backoff_delay(failures, retry_after=retry_after_of(exc))
                     log.warning(
-                        "writing status of %s/%s failed, retrying in %ss: %s", job.namespace, job.name, delay, exc
+                        "writing status of %s/%s failed (%s); try %d in %.1fs",
+                        *(job.namespace, job.name, exc, failures + 1, delay),
                     )
-                except OSError as exc:
-                    if delay is None:
-                        log.error("giving up writing status of %s/%s: %s", job.namespace, job.name, exc)
-                        return
-                    log.warning(
-                        "writing status of %s/%s failed, retrying in %ss: %s", job.namespace, job.name, delay, exc
-                    )
-                await asyncio.sleep(delay)
-            if phase in FINAL_PHASES and job.completion_time is not None:
+                    await asyncio.sleep(delay)
+                    continue
+                self.status_writes += 1
+                job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
+                job.conditions = status["conditions"]
+                break
+            else:
+                return
+            if phase in FINAL_PHASES and not job.final_written and job.completion_time is not None:
+                job.final_written = True
                 self._completed(job.uid, job.namespace, job.name, phase, job.completion_time)
+
+    def _status(self, job: EventJob, phase: str) -> dict[str, Any]:
+        delivered = delivered_summary(job.deliveries)
+        status: dict[str, Any] = {
+            "phase": phase,
+            "deliveries": job.deliveries,
+            "delivered": delivered,
+            "completionTime": None,
+            "conditions": event_conditions(
+                job.conditions, phase=phase, delivered=delivered, generation=job.generation, now=now()
+            ),
+        }
+        if job.generation is not None:
+            status["observedGeneration"] = job.generation
+        if phase in FINAL_PHASES:
+            job.completion_time = job.completion_time or format_time(now())
+            status["completionTime"] = job.completion_time
+        if job.redelivery is not None:
+            status["redelivery"] = job.redelivery
+        return status
 
     # -- test payloads ------------------------------------------------------------------
     async def send_test(self, state: WebhookState, pattern: str) -> dict[str, Any]:
@@ -481,16 +536,16 @@ class DeliveryEngine:
             if due.uid in self._jobs:
                 continue  # redelivered meanwhile; it is counted again when it completes
             await self._deleting.acquire()
-            task = asyncio.ensure_future(self._delete_expired(due.uid, due.namespace, due.name))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._delete_expired(due.uid, due.namespace, due.name))
 
     async def _delete_expired(self, uid: str, namespace: str, name: str) -> None:
         try:
-            await self.kube.delete(event_path(namespace, name), uid=uid)
+            await with_retries(
+                lambda: self.kube.delete(event_path(namespace, name), uid=uid),
+                what=f"deleting expired event {namespace}/{name}",
+            )
         except (ApiError, OSError) as exc:
-            log.warning("deleting expired event %s/%s failed, retrying later: %s", namespace, name, exc)
-            self._push_expiry(now().timestamp() + 30, uid, namespace, name)
+            log.error("expired event %s/%s not deleted: %s", namespace, name, exc)
         finally:
             self._deleting.release()
 
@@ -498,6 +553,20 @@ class DeliveryEngine:
     @property
     def active_jobs(self) -> int:
         return len(self._jobs)
+
+
+NOT_READY = "webhook not Ready"
+
+
+def waiting_reason(state: WebhookState | None) -> str | None:
+    """Why a delivery cannot be attempted now: None (it can), NOT_READY (it waits), else why it ends."""
+    if state is None:
+        return "webhook deleted"
+    if not state.spec.enabled:
+        return "webhook disabled"
+    if not state.deliverable:
+        return NOT_READY
+    return None
 
 
 def format_time_precise(delay_s: float) -> str:

@@ -28,6 +28,7 @@ from webhook_operator.policy import (
     Resolver,
     allowed_addresses,
     ip_literal,
+    shown_url,
     system_resolve,
 )
 
@@ -174,7 +175,11 @@ class DeliveryClient:
             cause = _cause(exc)
             raise DeliveryConnectError(f"cannot connect to {exc.host} port {exc.port}: {cause}", cause) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise DeliveryConnectError(_cause(exc)) from None
+            # Some aiohttp errors (a malformed response) name the URL, whose path or query may hold a token.
+            cause = _cause(exc)
+            for full in {url, str(target)}:
+                cause = cause.replace(full, shown_url(url))
+            raise DeliveryConnectError(cause) from None
 
     async def _target(self, url: str) -> URL:
         """The parsed URL, once per distinct URL; an IP literal is checked against the policy here,
