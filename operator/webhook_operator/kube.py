@@ -88,6 +88,7 @@ class KubeClient:
         self._token = credentials.token
         self._token_read = time.monotonic()
         self.requests = 0
+        self.last_response: float | None = None  # monotonic time the API server last answered at all
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running event loop aiohttp binds to.
@@ -134,6 +135,8 @@ class KubeClient:
                 params=params,
                 headers=self._headers(content_type if content is not None else None),
             ) as response:
+                if response.status < 500:
+                    self.last_response = time.monotonic()
                 if response.status >= 400:
                     raise await _api_error(response)
                 raw = await response.read()
@@ -153,6 +156,8 @@ class KubeClient:
             async with self._open().get(
                 self._server + path, params=params, headers=self._headers(), timeout=timeout
             ) as response:
+                if response.status < 500:
+                    self.last_response = time.monotonic()
                 if response.status >= 400:
                     raise await _api_error(response)
                 pending = b""
@@ -167,6 +172,9 @@ class KubeClient:
                     yield pending
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ConnectionError(f"GET {path} (watch): {exc!r}") from exc
+
+    def seconds_since_response(self) -> float | None:
+        return None if self.last_response is None else time.monotonic() - self.last_response
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
