@@ -25,6 +25,7 @@ from webhook_operator.webhooks import WebhookController
 
 log = logging.getLogger(__name__)
 USER_AGENT = f"webhook-operator/{__version__}"
+WATCH_TASK_PREFIX = "watch-events-"
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Runtime:
 
     def facts(self) -> Facts:
         watching = bool(self.watches) and all(w.listed.is_set() for w in self.watches)
-        running = all(not t.done() for t in self.leader_tasks)
+        running = all(not t.done() for t in self.leader_tasks if t.get_name().startswith(WATCH_TASK_PREFIX))
         return Facts(
             loaded=self.loaded,
             leading=self.leading,
@@ -159,7 +160,7 @@ def _start_leader_part(runtime: Runtime) -> None:
             capacity=runtime.engine.wait_for_capacity,
         )
         runtime.watches.append(watch)
-        runtime.leader_tasks.append(asyncio.create_task(watch.run(), name=f"watch-events-{namespace or 'all'}"))
+        runtime.leader_tasks.append(asyncio.create_task(watch.run(), name=f"{WATCH_TASK_PREFIX}{namespace or 'all'}"))
     log.info("delivering")
 
 
@@ -188,7 +189,7 @@ async def _lose_lead(runtime: Runtime) -> None:
 async def _step_down(runtime: Runtime) -> None:
     """Shutdown of the leader: no new work, in-flight attempts finish and are recorded, health flushed."""
     leader_tasks, runtime.leader_tasks = runtime.leader_tasks, []
-    watch_tasks = [t for t in leader_tasks if t.get_name().startswith("watch-events-")]
+    watch_tasks = [t for t in leader_tasks if t.get_name().startswith(WATCH_TASK_PREFIX)]
     await _cancel(watch_tasks)
     await runtime.engine.drain(runtime.settings.shutdown_grace_s)
     await _cancel(leader_tasks)

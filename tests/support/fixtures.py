@@ -40,7 +40,12 @@ def start_operator(cluster: object, ca_bundle: Path, tmp_path: Path) -> Iterator
     started: list[OperatorProcess] = []
 
     def start(
-        namespace: str, *extra: str, allow_loopback: bool = True, standby: bool = False, kubeconfig: Path | None = None
+        namespace: str,
+        *extra: str,
+        allow_loopback: bool = True,
+        standby: bool = False,
+        kubeconfig: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> OperatorProcess:
         # Leader election is on, as in a cluster, with the Lease in the test's namespace so that tests
         # running side by side do not compete for one; a fresh Lease is taken at once. With
@@ -54,6 +59,7 @@ def start_operator(cluster: object, ca_bundle: Path, tmp_path: Path) -> Iterator
             [*args, *extra],
             tmp_path / f"operator-{len(started)}.log",
             ready_line="campaigning for Lease" if standby else "delivering",
+            env=env,
         )
         started.append(proc)
         return proc.start()
