@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import time
@@ -30,6 +31,8 @@ from tests.support.kube_helpers import (
 from tests.support.operator_process import OperatorProcess
 from tests.support.receiver import Receiver, Reply
 from tests.support.tcp_proxy import TcpProxy
+from webhook_operator.kube import KubeClient, load_credentials
+from webhook_operator.leader import ElectionConfig, LeaderElector
 
 pytestmark = pytest.mark.integration
 
@@ -217,17 +220,64 @@ def test_healthz_answers_before_webhooks_load_and_readyz_follows_the_api_server(
         wait_until(lambda: operator.probe("/readyz") == 200, timeout=30, what="/readyz 200 once loaded and watching")
         assert "loaded 1 webhook(s)" in operator.log()
 
+        assert is_leader(operator)
+
         proxy.cut()  # the API server is unreachable from here on
         cut_at = time.monotonic()
         wait_until(lambda: operator.probe("/readyz") == 503, timeout=30, what="/readyz 503 without the API server")
         print(f"/readyz 503 {time.monotonic() - cut_at:.1f}s after the API server became unreachable")
         assert operator.probe("/healthz") == 200
+        # Unable to renew, it stops leading after the renew deadline: before its Lease could expire.
+        wait_until(lambda: not is_leader(operator), timeout=30, what="the leader steps down")
+        stepped_down_s = time.monotonic() - cut_at
+        print(f"stepped down {stepped_down_s:.1f}s after the API server became unreachable")
+        assert stepped_down_s < LEASE_DURATION_S, stepped_down_s
 
         proxy.restore()
         wait_until(lambda: operator.probe("/readyz") == 200, timeout=30, what="/readyz 200 again")
+        wait_until(lambda: is_leader(operator), timeout=10, what="it leads again")
         name = create(kubectl, namespace, event_manifest("User.Created", {"after": "outage"}))
         status = wait_event_final(kubectl, namespace, name)["status"]
         assert status["phase"] == "Delivered", status
     finally:
         operator.stop()
         proxy.close()
+
+
+def test_two_candidates_racing_for_one_lease_never_both_win(
+    cluster: object, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))  # type: ignore[attr-defined]
+
+    async def race(round_: int) -> list[bool]:
+        kube = KubeClient(load_credentials())
+        try:
+            electors = [
+                LeaderElector(
+                    kube,
+                    ElectionConfig(namespace, f"race-{round_}", f"candidate-{i}"),
+                    on_started=nothing,
+                    on_stopped=nothing,
+                )
+                for i in range(3)
+            ]
+            # Twice each: the second round finds the Lease written and must respect it.
+            first = await asyncio.gather(*(e._try_acquire_or_renew() for e in electors))
+            second = await asyncio.gather(*(e._try_acquire_or_renew() for e in electors))
+            assert first == second, (first, second)
+            # Released, the Lease is free for all: three updates from the same resourceVersion, one winner.
+            winner = electors[first.index(True)]
+            winner.leading = True
+            assert await winner.release()
+            third = await asyncio.gather(*(e._try_acquire_or_renew() for e in electors))
+            assert third.count(True) == 1, third
+            return list(first)
+        finally:
+            await kube.close()
+
+    async def nothing() -> None:
+        return None
+
+    for round_ in range(10):
+        winners = asyncio.run(race(round_))
+        assert winners.count(True) == 1, winners
