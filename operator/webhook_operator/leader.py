@@ -11,7 +11,6 @@ the resourceVersion read, so two candidates cannot both win.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -173,7 +172,6 @@ class LeaderElector:
         self._observed_at = 0.0
         self._lease: dict[str, Any] | None = None  # the last Lease object read or written
         self._last_renewed = 0.0
-        self._wake = asyncio.Event()
 
     async def run(self) -> None:
         """Campaign and lead until cancelled; steps down (without releasing) when renewals fail."""
@@ -190,14 +188,13 @@ class LeaderElector:
                     await self.on_started()
             elif self.leading and must_step_down(self._last_renewed, self.clock(), self.config.renew_deadline_s):
                 log.error(
-                    "could not renew the Lease for %.0fs: no longer the leader; stopping deliveries",
+                    "could not renew the Lease within %.0fs, or another replica holds it: no longer the leader; "
+                    "stopping deliveries",
                     self.config.renew_deadline_s,
                 )
                 self.leading = False
                 await self.on_stopped()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.retry_period_s)
-            self._wake.clear()
+            await asyncio.sleep(self.config.retry_period_s)
 
     async def _try_acquire_or_renew(self) -> bool:
         # An attempt never outlives the time left before we would have to step down.
@@ -208,6 +205,9 @@ class LeaderElector:
             return await asyncio.wait_for(self._attempt(), timeout=budget)
         except (ApiError, OSError, TimeoutError) as exc:
             log.warning("leader election: %s", exc or type(exc).__name__)
+            return False
+        except Exception:  # a bug must not end the loop: a leader would then go on without renewing
+            log.exception("leader election failed unexpectedly")
             return False
 
     async def _attempt(self) -> bool:
