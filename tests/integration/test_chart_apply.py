@@ -220,7 +220,7 @@ def test_optional_objects_are_accepted_by_the_api_server(release: Release, kubec
 
 def test_server_side_dry_run_catches_what_the_api_server_rejects(release: Release) -> None:
     # The dry run is a real check, not a formality: a broken object fails it.
-    manifest = release.render().replace("type: Recreate", "type: Sideways")
+    manifest = release.render().replace("type: RollingUpdate", "type: Sideways")
     result = release.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=manifest, check=False)
     assert result.returncode != 0
     assert "Sideways" in result.stderr
