@@ -261,6 +261,7 @@ class WebhookController:
         written = status.get("health")
         state.health = HealthWindow.from_status(written)
         state.health_dirty = False
+        self.metrics.health(state.namespace, state.name, state.health.summary(now()))
         if isinstance(written, dict):
             self._health_written[state.key] = written
 

@@ -157,6 +157,16 @@ def test_sigterm_lets_the_in_flight_attempt_finish_records_it_and_releases_the_l
 
     wait_until(lambda: is_leader(second), timeout=LEASE_DURATION_S, interval=0.1, what="standby leads")
     handover_s = time.monotonic() - exited_at
+    # Health was flushed before the exit, and the standby follows it.
+    assert get(kubectl, namespace, "webhook/hook")["status"]["health"], "health not flushed"
+    wait_until(
+        lambda: (
+            metric_value(second.metrics(), "webhook_operator_webhook_requests_24h", namespace=namespace, webhook="hook")
+            == 1.0
+        ),
+        timeout=10,
+        what="the new leader counts the delivery its predecessor recorded",
+    )
     print(f"standby leads {handover_s:.1f}s after the leader exited")
     assert handover_s <= RETRY_PERIOD_S + 1.0, handover_s
     assert lease_holder(kubectl, namespace).startswith("replica-b_")
