@@ -139,7 +139,9 @@ class WebhookController:
         if not leading and state is not None and state.uid == uid:
             # The leader's health writes are the truth until this replica takes over.
             self._follow_health(state, status)
-        if state is not None and state.uid == uid and state.fingerprint == fingerprint and state.ready and not force:
+        # A standby may hold no keys yet (the leader had not created the Secret): no shortcut then.
+        unchanged = state is not None and state.uid == uid and state.fingerprint == fingerprint
+        if unchanged and state is not None and state.ready and state.keys and not force:
             state.body = slim_body(body)
             return
         if state is None or state.uid != uid:

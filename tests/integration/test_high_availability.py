@@ -174,6 +174,11 @@ def test_sigterm_lets_the_in_flight_attempt_finish_records_it_and_releases_the_l
     assert len(receiver.received("/hook")) == 1, "the standby must not send the recorded delivery again"
     assert wait_event_final(kubectl, namespace, name)["status"]["deliveries"][0]["attempts"] == 1
 
+    # The webhook was created while the new leader stood by: it signs with the key the old one made.
+    receiver.script("/hook", Reply())
+    after = create(kubectl, namespace, event_manifest("User.Created", {"after": "hand-over"}))
+    assert wait_event_final(kubectl, namespace, after)["status"]["phase"] == "Delivered"
+
 
 def test_sigterm_with_nothing_in_flight_exits_fast_and_the_event_watch_stops_first(
     kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator
