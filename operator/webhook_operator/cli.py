@@ -59,19 +59,33 @@ def run(settings: Settings) -> int:
     if settings.log_level != "DEBUG":
         # One line per handled watch event drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    asyncio.run(
-        kopf.operator(
+    asyncio.run(_operate(settings))
+    return 0
+
+
+async def _operate(settings: Settings) -> None:
+    """Serve the probes from the first second, then run kopf (whose startup handler loads the webhooks)."""
+    import kopf
+
+    from webhook_operator import runtime as rt
+    from webhook_operator.probes import ProbeServer
+
+    runtime = rt.build_runtime(settings)
+    probes = ProbeServer(settings.bind_address, settings.health_port, runtime.facts)
+    await probes.start()
+    try:
+        # kopf's own liveness endpoint would only answer after the startup handlers: ours replaces it.
+        await kopf.operator(
             clusterwide=not settings.namespaces,
             namespaces=list(settings.namespaces),
-            liveness_endpoint=f"http://{settings.bind_address}:{settings.health_port}/healthz",
             standalone=True,
             # kopf would otherwise name itself after getpass.getuser(), which fails for a uid
             # without a passwd entry (the image's 65532).
             identity=instance_name(),  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
-            memo=kopf.Memo(settings=settings),
+            memo=kopf.Memo(settings=settings, runtime=runtime),
         )
-    )
-    return 0
+    finally:
+        await probes.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,8 +53,9 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
-    ours: Settings = memo.settings
-    memo.runtime = rt.build_runtime(ours)
+    if "runtime" not in memo:  # cli.run builds it first, to serve the probes before kopf starts
+        ours: Settings = memo.settings
+        memo.runtime = rt.build_runtime(ours)
     await rt.start(memo.runtime, serve_metrics=memo.get("serve_metrics", True))
 
 

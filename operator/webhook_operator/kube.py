@@ -110,6 +110,7 @@ class KubeClient:
         self._renewing = asyncio.Lock()
         self.token_renewals = 0
         self.requests = 0
+        self.last_response: float | None = None  # monotonic time the API server last answered at all
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running event loop aiohttp binds to.
@@ -191,6 +192,8 @@ class KubeClient:
                     if response.status == 401 and self._renewable and not last_try:
                         token = await self._current_token(rejected=token)
                         continue  # once more with a renewed token
+                    if response.status < 500:
+                        self.last_response = time.monotonic()
                     if response.status >= 400:
                         raise await _api_error(response)
                     raw = await response.read()
@@ -212,6 +215,8 @@ class KubeClient:
             async with self._open().get(
                 self._server + path, params=params, headers=self._headers(token), timeout=timeout
             ) as response:
+                if response.status < 500:
+                    self.last_response = time.monotonic()
                 if response.status == 401 and self._renewable:
                     await self._current_token(rejected=token)  # the watch is started again by its caller
                 if response.status >= 400:
@@ -228,6 +233,9 @@ class KubeClient:
                     yield pending
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ConnectionError(f"GET {path} (watch): {exc!r}") from exc
+
+    def seconds_since_response(self) -> float | None:
+        return None if self.last_response is None else time.monotonic() - self.last_response
 
     async def get(self, path: str) -> dict[str, Any] | None:
         try:

@@ -62,6 +62,7 @@ class Metrics:
             ["namespace", "webhook"],
             registry=r,
         )
+        self.leader = Gauge(PREFIX + "leader", "1 while this replica holds the Lease and delivers, else 0.", registry=r)
         # Label sets seen per webhook, so that all of a deleted webhook's series can be removed.
         self._extra_labels: dict[Key, set[tuple[Counter, tuple[str, ...]]]] = defaultdict(set)
 

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from webhook_operator import GROUP, VERSION
+from webhook_operator.identity import instance_name
 from webhook_operator.kube import ApiError, KubeClient, resource_path
 from webhook_operator.model import format_time, now
 
 log = logging.getLogger(__name__)
 COMPONENT = "webhook-operator"
-
-
-def instance_name() -> str:
-    """The pod that acts: ``POD_NAME`` (the chart sets it from the downward API), else the host name."""
-    return os.environ.get("POD_NAME") or socket.gethostname()
 
 
 def event_body(

@@ -1,4 +1,5 @@
-"""Wiring: the one set of long-lived parts (API client, index, engine, metrics) the handlers share."""
+"""Wiring: the one set of long-lived parts (API client, index, engine, metrics) the handlers share,
+and the leader part (event watches, engine loops) started and stopped with the Lease."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex
 from webhook_operator.kube import KubeClient, load_credentials, resource_path
+from webhook_operator.leader import ElectionConfig, LeaderElector, holder_identity
 from webhook_operator.metrics import Metrics
+from webhook_operator.probes import Facts, api_check_loop
 from webhook_operator.settings import Settings
 from webhook_operator.watch import ResourceWatch
 from webhook_operator.webhooks import WebhookController
 
 log = logging.getLogger(__name__)
 USER_AGENT = f"webhook-operator/{__version__}"
+WATCH_TASK_PREFIX = "watch-events-"
 
 
 @dataclass
@@ -33,7 +37,45 @@ class Runtime:
     client: DeliveryClient
     webhooks: WebhookController
     engine: DeliveryEngine
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # for the whole life of the process
+    # The leader part: the WebhookEvent watches, the engine's loops. Started on taking the Lease,
+    # stopped on losing it or on shutdown; kopf's Webhook/Secret watches run on every replica.
+    leader_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    watches: list[ResourceWatch] = field(default_factory=list)
+    elector: LeaderElector | None = None
+    loaded: bool = False
+    leading: bool = False
+    stopping: bool = False
+
+    def facts(self) -> Facts:
+        watching = bool(self.watches) and all(w.listed.is_set() for w in self.watches)
+        running = all(not t.done() for t in self.leader_tasks if t.get_name().startswith(WATCH_TASK_PREFIX))
+        return Facts(
+            loaded=self.loaded,
+            leading=self.leading,
+            watches_listed=watching and running,
+            api_age_s=self.kube.seconds_since_response(),
+        )
+
+
+def _make_engine(
+    settings: Settings,
+    kube: KubeClient,
+    index: WebhookIndex,
+    metrics: Metrics,
+    client: DeliveryClient,
+    webhooks: WebhookController,
+) -> DeliveryEngine:
+    engine = DeliveryEngine(
+        settings,
+        kube,
+        index,
+        metrics,
+        client,
+        on_delivery_final=lambda state, ok, code: webhooks.delivery_completed(state, succeeded=ok, status_code=code),
+    )
+    webhooks.send_test = engine.send_test
+    return engine
 
 
 def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime:
@@ -47,30 +89,66 @@ def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime
         user_agent=USER_AGENT,
     )
     webhooks = WebhookController(settings, kube, index, metrics)
-    engine = DeliveryEngine(
-        settings,
-        kube,
-        index,
-        metrics,
-        client,
-        on_delivery_final=lambda state, ok, code: webhooks.delivery_completed(state, succeeded=ok, status_code=code),
-    )
-    webhooks.send_test = engine.send_test
-    return Runtime(settings, kube, index, metrics, client, webhooks, engine)
+    engine = _make_engine(settings, kube, index, metrics, client, webhooks)
+    runtime = Runtime(settings, kube, index, metrics, client, webhooks, engine)
+    webhooks.is_leader = lambda: runtime.leading
+    metrics.leader.set(0)
+    return runtime
 
 
 async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
-    """Load every webhook before any event is matched, then start the background loops."""
+    """Load every webhook (concurrently), then lead at once or campaign for the Lease in the background."""
     settings = runtime.settings
     if serve_metrics:
         start_http_server(settings.metrics_port, settings.bind_address, registry=runtime.metrics.registry)
+    runtime.tasks.append(asyncio.create_task(api_check_loop(runtime.kube), name="api-check"))
+    if not settings.leader_election:
+        runtime.leading = True  # one process, as before: it writes from the first reconcile
+        runtime.metrics.leader.set(1)
     scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:
         await load_webhooks(runtime, namespace)
-    log.info("loaded %d webhook(s); delivering", len(runtime.index))
-    runtime.tasks.append(asyncio.create_task(runtime.webhooks.health_loop(), name="health"))
-    runtime.tasks.append(asyncio.create_task(runtime.engine.expiry_loop(), name="event-ttl"))
+    runtime.loaded = True
+    log.info("loaded %d webhook(s)", len(runtime.index))
+    if not settings.leader_election:
+        _start_leader_part(runtime)
+        return
+    runtime.elector = LeaderElector(
+        runtime.kube,
+        ElectionConfig(settings.leader_election_namespace, settings.leader_election_id, holder_identity()),
+        on_started=lambda: _take_lead(runtime),
+        on_stopped=lambda: _lose_lead(runtime),
+    )
+    log.info(
+        "campaigning for Lease %s/%s as %s",
+        settings.leader_election_namespace,
+        settings.leader_election_id,
+        runtime.elector.config.identity,
+    )
+    runtime.tasks.append(asyncio.create_task(runtime.elector.run(), name="leader-election"))
+
+
+async def _take_lead(runtime: Runtime) -> None:
+    if runtime.stopping or runtime.leading:
+        return
+    runtime.leading = True
+    runtime.metrics.leader.set(1)
+    # Off the elector's task, which must keep renewing the Lease meanwhile.
+    runtime.leader_tasks.append(asyncio.create_task(_lead(runtime), name="take-over"))
+
+
+async def _lead(runtime: Runtime) -> None:
+    await runtime.webhooks.reconcile_deferred()
+    if runtime.leading and not runtime.stopping:
+        _start_leader_part(runtime)
+
+
+def _start_leader_part(runtime: Runtime) -> None:
+    settings = runtime.settings
+    runtime.leader_tasks.append(asyncio.create_task(runtime.webhooks.health_loop(), name="health"))
+    runtime.leader_tasks.append(asyncio.create_task(runtime.engine.expiry_loop(), name="event-ttl"))
     # WebhookEvents are watched here, not through kopf: see watch.py.
+    scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:
         watch = ResourceWatch(
             runtime.kube,
@@ -78,7 +156,47 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
             runtime.engine.on_event,
             capacity=runtime.engine.wait_for_capacity,
         )
-        runtime.tasks.append(asyncio.create_task(watch.run(), name=f"watch-events-{namespace or 'all'}"))
+        runtime.watches.append(watch)
+        runtime.leader_tasks.append(asyncio.create_task(watch.run(), name=f"{WATCH_TASK_PREFIX}{namespace or 'all'}"))
+    log.info("delivering")
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    current = asyncio.current_task()
+    ours = [t for t in tasks if t is not current]
+    for task in ours:
+        task.cancel()
+    await asyncio.gather(*ours, return_exceptions=True)
+    tasks.clear()
+
+
+async def _lose_lead(runtime: Runtime) -> None:
+    """The Lease could not be renewed: stop every write at once (a new leader may be starting)."""
+    if not runtime.leading:
+        return
+    runtime.leading = False
+    runtime.metrics.leader.set(0)
+    runtime.watches.clear()
+    await _cancel(runtime.leader_tasks)
+    await runtime.engine.abort()
+    s = runtime
+    runtime.engine = _make_engine(s.settings, s.kube, s.index, s.metrics, s.client, s.webhooks)
+
+
+async def _step_down(runtime: Runtime) -> None:
+    """Shutdown of the leader: no new work, in-flight attempts finish and are recorded, health flushed."""
+    leader_tasks, runtime.leader_tasks = runtime.leader_tasks, []
+    watch_tasks = [t for t in leader_tasks if t.get_name().startswith(WATCH_TASK_PREFIX)]
+    await _cancel(watch_tasks)
+    await runtime.engine.drain(runtime.settings.shutdown_grace_s)
+    await _cancel(leader_tasks)
+    if runtime.leading:  # not lost meanwhile
+        try:
+            await runtime.webhooks.flush_health(everything=True)
+        except Exception:  # shutting down: report, do not mask the exit
+            log.exception("final health flush failed")
+    runtime.leading = False
+    runtime.metrics.leader.set(0)
 
 
 async def load_webhooks(runtime: Runtime, namespace: str | None) -> None:
@@ -90,18 +208,21 @@ async def load_webhooks(runtime: Runtime, namespace: str | None) -> None:
         async for page in runtime.kube.list_pages(path):
             for body in page:
                 body.setdefault("kind", "Webhook")
-                await runtime.webhooks.reconcile(body)
+            await runtime.webhooks.reconcile_all(page)
 
     await with_retries(load, what=f"listing {path}")
 
 
 async def stop(runtime: Runtime) -> None:
-    for task in runtime.tasks:
-        task.cancel()
-    await asyncio.gather(*runtime.tasks, return_exceptions=True)
-    try:
-        await runtime.webhooks.flush_health(everything=True)
-    except Exception:  # shutting down: report, do not mask the exit
-        log.exception("final health flush failed")
+    """Graceful shutdown (SIGTERM): drain and record in-flight attempts, flush health, release the Lease."""
+    runtime.stopping = True
+    if runtime.leading:
+        await _step_down(runtime)
+    else:
+        await _cancel(runtime.leader_tasks)
+        await runtime.engine.abort()
+    await _cancel(runtime.tasks)
+    if runtime.elector is not None:
+        await runtime.elector.release()
     await runtime.client.aclose()
     await runtime.kube.close()

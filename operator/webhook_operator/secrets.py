@@ -39,6 +39,7 @@ class SigningKeys:
     keys: tuple[str, ...] = ()
     previous_expires_at: dt.datetime | None = None
     problem: Problem | None = None
+    deferred: bool = False  # a write was needed and not made (not the leader): the leader repeats this
 
 
 def _decode(data: Mapping[str, Any] | None, key: str) -> str | None:
@@ -90,9 +91,12 @@ def new_signing_secret(webhook: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def ensure_signing_keys(
-    kube: KubeClient, webhook: Mapping[str, Any], spec: WebhookSpec, now: dt.datetime
+    kube: KubeClient, webhook: Mapping[str, Any], spec: WebhookSpec, now: dt.datetime, *, write: bool = True
 ) -> SigningKeys:
-    """The keys to sign with, creating or repairing the operator's Secret; a Problem if it cannot."""
+    """The keys to sign with, creating or repairing the operator's Secret; a Problem if it cannot.
+
+    With ``write=False`` (a standby) nothing is written: what would need a write is ``deferred``.
+    """
     meta = webhook["metadata"]
     namespace = meta["namespace"]
     if spec.signing_key_ref is not None:
@@ -122,6 +126,8 @@ async def ensure_signing_keys(
     name = signing_secret_name(meta["name"])
     path = secret_path(namespace, name)
     secret = await kube.get(path)
+    if secret is None and not write:
+        return SigningKeys(name, deferred=True)
     if secret is None:
         try:
             secret = await kube.create(secret_path(namespace), new_signing_secret(webhook))
@@ -142,23 +148,30 @@ async def ensure_signing_keys(
         )
     data = secret.get("data") or {}
     current = _decode(data, SIGNING_KEY)
+    if (not current or len(current) < 16) and not write:
+        return SigningKeys(name, deferred=True)
     if not current or len(current) < 16:
         current = generate_signing_key()
         await kube.merge_patch(path, {"data": key_data(current)})
     keys = [current]
+    deferred = False
     previous = _decode(data, PREVIOUS_KEY)
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
     expires = parse_time(annotations.get(PREVIOUS_KEY_EXPIRES_ANNOTATION))
     if previous:
         if expires is not None and expires > now:
             keys.append(previous)
+        elif not write:
+            deferred = True
         else:
             await kube.merge_patch(
                 path,
                 {"metadata": {"annotations": {PREVIOUS_KEY_EXPIRES_ANNOTATION: None}}, "data": {PREVIOUS_KEY: None}},
             )
             expires = None
-    return SigningKeys(name, keys=tuple(keys), previous_expires_at=expires if previous else None)
+    return SigningKeys(
+        name, keys=tuple(keys), previous_expires_at=expires if previous and not deferred else None, deferred=deferred
+    )
 
 
 async def rotate_signing_key(

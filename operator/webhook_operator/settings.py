@@ -6,6 +6,7 @@ import argparse
 import re
 from dataclasses import dataclass, field
 
+from webhook_operator.leader import default_namespace
 from webhook_operator.policy import DestinationPolicy
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -47,15 +48,20 @@ class Settings:
     health_flush_s: float = 2.0
     log_format: str = "text"
     log_level: str = "INFO"
+    leader_election: bool = True
+    leader_election_namespace: str = "default"
+    leader_election_id: str = "webhook-operator"
+    shutdown_grace_s: float = 20.0
 
 
+_DNS_SUBDOMAIN_RE = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 DEV_CIDRS = ("127.0.0.0/8", "::1/128")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (default 8080)")
-    parser.add_argument("--health-port", type=int, default=8081, help="port of /healthz (default 8081)")
+    parser.add_argument("--health-port", type=int, default=8081, help="port of /healthz and /readyz (default 8081)")
     parser.add_argument("--bind-address", default="0.0.0.0", help="address the metrics and health servers bind")
     parser.add_argument(
         "--event-ttl",
@@ -94,6 +100,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dev", action="store_true", help="= --allow-http --allow-cidr 127.0.0.0/8 --allow-cidr ::1/128"
     )
+    parser.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run as a candidate for a coordination.k8s.io Lease; only the holder delivers and writes (default on)",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=None,
+        help="namespace of the Lease (default: the pod's namespace, else 'default')",
+    )
+    parser.add_argument(
+        "--leader-election-id", default="webhook-operator", help="name of the Lease (default webhook-operator)"
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=parse_duration,
+        default="20s",
+        help="on SIGTERM, how long in-flight attempts get to finish and be recorded before the Lease is "
+        "released (default 20s; keep it below the pod's terminationGracePeriodSeconds)",
+    )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -106,6 +133,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit("error: --max-completed-events must be 0 (no cap) or more")
     if args.max_concurrency < 1 or args.per_webhook_concurrency < 1:
         raise SystemExit("error: --max-concurrency and --per-webhook-concurrency must be at least 1")
+    if not _DNS_SUBDOMAIN_RE.fullmatch(args.leader_election_id or ""):
+        raise SystemExit(
+            f"error: --leader-election-id {args.leader_election_id!r}: must be a DNS subdomain name "
+            "(lower-case letters, digits, '-' and '.'; at most 253 characters)"
+        )
+    namespace = args.leader_election_namespace or default_namespace()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace):
+        raise SystemExit(f"error: --leader-election-namespace {namespace!r}: not a valid namespace name")
     try:
         policy = DestinationPolicy.from_strings(cidrs)
     except ValueError as exc:
@@ -127,4 +162,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         health_flush_s=float(args.health_flush_interval),
         log_format=args.log_format,
         log_level=args.log_level,
+        leader_election=bool(args.leader_election),
+        leader_election_namespace=namespace,
+        leader_election_id=args.leader_election_id,
+        shutdown_grace_s=float(args.shutdown_grace),
     )

@@ -1,6 +1,8 @@
 """Reconciling Webhooks: checks, signing keys, the index entry, status, health writes and actions.
 
-Only ``status`` of a Webhook is ever written, so GitOps tools see no drift.
+Only ``status`` of a Webhook is ever written, so GitOps tools see no drift. Every replica keeps
+the index warm; only the leader writes (``is_leader``): a standby notes what it would have
+written and the leader reconciles those webhooks again when it takes over.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from webhook_operator.status import condition, merge_conditions, webhook_conditi
 
 log = logging.getLogger(__name__)
 HEALTH_RESYNC_S = 60.0
+# Webhooks reconciled at once at start-up and take-over (each may wait on DNS and a few API calls).
+RECONCILE_CONCURRENCY = 16
 
 TestSender = Callable[[WebhookState, str], Awaitable[dict[str, Any]]]
 
@@ -63,6 +67,8 @@ class WebhookController:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._health_written: dict[Key, dict[str, Any]] = {}
         self._failures: dict[Key, int] = {}  # reconciles in a row that met an API error
+        self.is_leader: Callable[[], bool] = lambda: True
+        self._deferred: set[Key] = set()  # reconciled on a standby with a write left undone
 
     # -- watch entry points -------------------------------------------------------------
     async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
@@ -79,6 +85,7 @@ class WebhookController:
             await self.reconcile(state.body, force=True)
 
     def forget(self, namespace: str, name: str) -> None:
+        self._deferred.discard((namespace, name))
         self.index.remove(namespace, name)
         self.metrics.remove_webhook(namespace, name)
         self._health_written.pop((namespace, name), None)
@@ -88,6 +95,24 @@ class WebhookController:
             timer.cancel()
 
     # -- reconcile ----------------------------------------------------------------------
+    async def reconcile_all(self, bodies: list[dict[str, Any]]) -> None:
+        """Reconcile many webhooks, RECONCILE_CONCURRENCY at a time."""
+        slots = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+
+        async def one(body: dict[str, Any]) -> None:
+            async with slots:
+                await self.reconcile(body, force=True)
+
+        await asyncio.gather(*(one(body) for body in bodies))
+
+    async def reconcile_deferred(self) -> None:
+        """On taking the lead: make the writes a standby left undone (missing keys, status, actions)."""
+        keys, self._deferred = self._deferred, set()
+        bodies = [state.body for key in keys if (state := self.index.get(*key)) is not None]
+        if bodies:
+            log.info("reconciling %d webhook(s) with writes left undone while standing by", len(bodies))
+        await self.reconcile_all(bodies)
+
     async def reconcile(self, body: dict[str, Any], *, force: bool = False) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
@@ -139,8 +164,14 @@ class WebhookController:
             annotations.get(TEST_ANNOTATION),
             annotations.get(ROTATE_ANNOTATION),
         )
+        leading = self.is_leader()
         state = self.index.get(namespace, name)
-        if state is not None and state.uid == uid and state.fingerprint == fingerprint and state.ready and not force:
+        if not leading and state is not None and state.uid == uid:
+            # The leader's health writes are the truth until this replica takes over.
+            self._follow_health(state, status)
+        # A standby may hold no keys yet (the leader had not created the Secret): no shortcut then.
+        unchanged = state is not None and state.uid == uid and state.fingerprint == fingerprint
+        if unchanged and state is not None and state.ready and state.keys and not force:
             state.body = slim_body(body)
             return
         if state is None or state.uid != uid:
@@ -167,13 +198,16 @@ class WebhookController:
         headers, header_problem = await resolve_headers(self.kube, namespace, spec)
         if header_problem:
             problems.append(header_problem)
-        keys = await ensure_signing_keys(self.kube, body, spec, current)
+        keys = await ensure_signing_keys(self.kube, body, spec, current, write=leading)
         if keys.problem:
             problems.append(keys.problem)
+        deferred = keys.deferred
 
         rotation = dict(status.get("keyRotation") or {})
         requested = annotations.get(ROTATE_ANNOTATION)
-        if requested and requested != rotation.get("requestedAt"):
+        if requested and requested != rotation.get("requestedAt") and not leading:
+            deferred = True
+        elif requested and requested != rotation.get("requestedAt"):
             rotation = await self._rotate(body, spec.signing_key_ref is not None, keys.problem, requested)
             if "rotatedAt" in rotation:
                 keys = await ensure_signing_keys(self.kube, body, spec, now())
@@ -216,13 +250,33 @@ class WebhookController:
         }
         if rotation:
             desired["keyRotation"] = rotation
+        if not leading:
+            if deferred or self._status_differs(status, desired) or self._test_requested(annotations, status):
+                self._deferred.add(state.key)
+            else:
+                self._deferred.discard(state.key)
+            return
+        self._deferred.discard(state.key)
         await self._write_status(state, status, desired)
         if keys.previous_expires_at is not None:
             self._schedule(state.key, (keys.previous_expires_at - now()).total_seconds() + 1)
 
-        test_value = annotations.get(TEST_ANNOTATION)
-        if test_value and test_value != (status.get("lastTest") or {}).get("requestedAt"):
+        test_value = self._test_requested(annotations, status)
+        if test_value:
             self._start_test(state, test_value, None if state.ready else ready[2])
+
+    @staticmethod
+    def _test_requested(annotations: dict[str, Any], status: dict[str, Any]) -> str | None:
+        value = annotations.get(TEST_ANNOTATION)
+        return value if value and value != (status.get("lastTest") or {}).get("requestedAt") else None
+
+    def _follow_health(self, state: WebhookState, status: dict[str, Any]) -> None:
+        written = status.get("health")
+        state.health = HealthWindow.from_status(written)
+        state.health_dirty = False
+        self.metrics.health(state.namespace, state.name, state.health.summary(now()))
+        if isinstance(written, dict):
+            self._health_written[state.key] = written
 
     def _healthy_condition(self, state: WebhookState, existing: Any) -> dict[str, Any]:
         status, reason, message = healthy_condition(state.health.summary(now()))
@@ -236,12 +290,15 @@ class WebhookController:
             now=now(),
         )
 
-    async def _write_status(self, state: WebhookState, current: dict[str, Any], desired: dict[str, Any]) -> None:
-        unchanged = all(
+    @staticmethod
+    def _status_differs(current: dict[str, Any], desired: dict[str, Any]) -> bool:
+        return not all(
             (without_volatile(current.get(k)) == without_volatile(v)) if k == "conditions" else current.get(k) == v
             for k, v in desired.items()
         )
-        if unchanged:
+
+    async def _write_status(self, state: WebhookState, current: dict[str, Any], desired: dict[str, Any]) -> None:
+        if not self._status_differs(current, desired):
             return
         result = await self.kube.merge_patch(webhook_path(state.namespace, state.name, "status"), {"status": desired})
         state.body = slim_body(result) if result else state.body

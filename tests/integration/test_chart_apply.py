@@ -127,8 +127,11 @@ def test_default_render_passes_server_side_dry_run_and_applies(release: Release)
     for kind, name, ns in kinds_in(manifest):
         assert release.exists(kind, name, ns), f"{kind} {name} was not created"
     deployment = release.get("deployment", release.fullname, release.namespace)
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     service = release.get("service", f"{release.fullname}-metrics", release.namespace)
@@ -156,6 +159,11 @@ def test_cluster_wide_install_grants_exactly_the_documented_rules(release: Relea
     assert not release.can("create", "customresourcedefinitions.apiextensions.k8s.io", other_namespace)
     # kopf needs namespace names only when it serves a list of namespaces.
     assert not release.can("list", "namespaces", other_namespace)
+    # The Lease: in the release namespace only, and no more than leader election needs.
+    for verb in ("get", "create", "update"):
+        assert release.can(verb, "leases.coordination.k8s.io", release.namespace)
+        assert not release.can(verb, "leases.coordination.k8s.io", other_namespace)
+    assert not release.can("delete", "leases.coordination.k8s.io", release.namespace)
 
 
 def test_namespaced_install_creates_roles_in_each_watched_namespace_and_nothing_cluster_wide(
@@ -214,7 +222,7 @@ def test_optional_objects_are_accepted_by_the_api_server(release: Release, kubec
 
 def test_server_side_dry_run_catches_what_the_api_server_rejects(release: Release) -> None:
     # The dry run is a real check, not a formality: a broken object fails it.
-    manifest = release.render().replace("type: Recreate", "type: Sideways")
+    manifest = release.render().replace("type: RollingUpdate", "type: Sideways")
     result = release.kubectl("apply", "--server-side", "--dry-run=server", "-f", "-", input=manifest, check=False)
     assert result.returncode != 0
     assert "Sideways" in result.stderr
@@ -262,6 +270,7 @@ def test_operator_with_only_the_charts_rbac_does_its_whole_job_without_a_forbidd
     release.apply(release.render({"watchNamespaces": [ns]}))
     kubeconfig = token_kubeconfig(release, kube_env, tmp_path / "operator.kubeconfig")
     args = ["--namespace", ns, "--ca-bundle", str(ca_bundle), "--allow-cidr", "127.0.0.0/8"]
+    args += ["--leader-election-namespace", ns]  # what POD_NAMESPACE says in the pod
     operator = OperatorProcess(kubeconfig, [*args, "--health-flush-interval", "0.5s"], tmp_path / "operator.log")
     operator.start()
     try:

@@ -39,11 +39,28 @@ def start_operator(cluster: object, ca_bundle: Path, tmp_path: Path) -> Iterator
     """start_operator(namespace, *extra_args): the operator watching one namespace, trusting the test CA."""
     started: list[OperatorProcess] = []
 
-    def start(namespace: str, *extra: str, allow_loopback: bool = True) -> OperatorProcess:
+    def start(
+        namespace: str,
+        *extra: str,
+        allow_loopback: bool = True,
+        standby: bool = False,
+        kubeconfig: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> OperatorProcess:
+        # Leader election is on, as in a cluster, with the Lease in the test's namespace so that tests
+        # running side by side do not compete for one; a fresh Lease is taken at once. With
+        # standby=True, start() returns once the process campaigns (another one holds the Lease).
         args = ["--namespace", namespace, "--ca-bundle", str(ca_bundle), "--health-flush-interval", "0.5s"]
+        args += ["--leader-election-namespace", namespace]
         if allow_loopback:
             args += ["--allow-cidr", "127.0.0.0/8"]
-        proc = OperatorProcess(cluster.kubeconfig, [*args, *extra], tmp_path / f"operator-{len(started)}.log")  # type: ignore[attr-defined]
+        proc = OperatorProcess(
+            kubeconfig or cluster.kubeconfig,  # type: ignore[attr-defined]
+            [*args, *extra],
+            tmp_path / f"operator-{len(started)}.log",
+            ready_line="campaigning for Lease" if standby else "delivering",
+            env=env,
+        )
         started.append(proc)
         return proc.start()
 

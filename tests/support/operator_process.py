@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -19,16 +20,27 @@ def free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, args: list[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        args: list[str],
+        log_path: Path,
+        *,
+        ready_line: str = "delivering",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.args = args
         self.log_path = log_path
+        # start() returns once the log has this line (the leader's "delivering"; a standby says "campaigning").
+        self.ready_line = ready_line
+        self.env = env or {}
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> OperatorProcess:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.env}
         argv = [
             sys.executable,
             "-m",
@@ -50,17 +62,23 @@ class OperatorProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"operator exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if "delivering" in self.log_path.read_bytes()[offset:].decode(errors="replace") and self._healthy():
+            if self.ready_line in self.log_path.read_bytes()[offset:].decode(errors="replace") and self._healthy():
                 return self
             time.sleep(0.1)
         raise AssertionError(f"operator not ready after {timeout}s:\n{self.log()[-3000:]}")
 
     def _healthy(self) -> bool:
+        return self.probe("/healthz") == 200
+
+    def probe(self, path: str) -> int | None:
+        """The status code of /healthz or /readyz; None if nothing answers."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}{path}", timeout=1) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
         except OSError:
-            return False
+            return None
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:

@@ -44,6 +44,8 @@ CRD_RULES = [
     }
 ]
 NAMESPACE_RULES = [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}]
+LEASE_RULES = [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
+LEASE_ROLE = f"{FULLNAME}-leader-election"
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,8 @@ def test_default_render_is_a_cluster_wide_install(defaults: list[dict[str, Any]]
         "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -137,10 +141,47 @@ def test_every_namespaced_object_lands_in_the_release_namespace(defaults: list[d
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
 
 
-def test_deployment_is_one_replica_recreated_never_rolled(defaults: list[dict[str, Any]]) -> None:
+def test_deployment_is_two_replicas_rolled_new_pod_first(defaults: list[dict[str, Any]]) -> None:
     spec = only(defaults, "Deployment")["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = spec["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 30
+    assert "--shutdown-grace=20s" in args(defaults), "the grace must fit inside terminationGracePeriodSeconds"
+
+
+def test_leader_election_has_a_role_for_leases_in_the_release_namespace_only(defaults: list[dict[str, Any]]) -> None:
+    role = only(defaults, "Role", LEASE_ROLE)
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == LEASE_RULES
+    binding = only(defaults, "RoleBinding", LEASE_ROLE)
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEASE_ROLE}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container(defaults)["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
+
+
+def test_without_leader_election_one_replica_is_recreated_and_no_lease_role_exists(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, {"leaderElection": {"enabled": False}, "replicaCount": 1})
+    spec = only(docs, "Deployment")["spec"]
+    assert (spec["replicas"], spec["strategy"]) == (1, {"type": "Recreate"})
+    assert "--no-leader-election" in args(docs)
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding")]
+    assert operator_settings(args(docs)).leader_election is False
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"shutdownGraceSeconds": 30}, "terminationGracePeriodSeconds must exceed shutdownGraceSeconds"),
+        ({"terminationGracePeriodSeconds": 10}, "terminationGracePeriodSeconds must exceed shutdownGraceSeconds"),
+        ({"leaderElection": {"enabled": False}}, "replicaCount above 1 needs leaderElection.enabled"),
+    ],
+)
+def test_unsafe_combinations_are_refused(helm: Path, tmp_path: Path, values: dict[str, Any], message: str) -> None:
+    result = run_helm(helm, *TEMPLATE, values=values, tmp=tmp_path)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
 
 
 def test_default_flags_follow_the_values(defaults: list[dict[str, Any]]) -> None:
@@ -155,6 +196,8 @@ def test_default_flags_follow_the_values(defaults: list[dict[str, Any]]) -> None
         "--per-webhook-concurrency=10",
         "--log-format=json",
         "--log-level=INFO",
+        "--leader-election-id=webhook-operator",
+        "--shutdown-grace=20s",
     ]
     assert "command" not in container(defaults), "the image's entrypoint `webhook-operator run` must stay"
 
@@ -182,12 +225,13 @@ def test_pod_is_hardened(defaults: list[dict[str, Any]]) -> None:
     assert {"name": "tmp", "mountPath": "/tmp"} in container(defaults)["volumeMounts"]
 
 
-def test_probes_hit_healthz_on_the_health_port(defaults: list[dict[str, Any]]) -> None:
+def test_startup_and_liveness_probe_healthz_readiness_probes_readyz(defaults: list[dict[str, Any]]) -> None:
     c = container(defaults)
     assert {"name": "health", "containerPort": 8081, "protocol": "TCP"} in c["ports"]
     assert {"name": "metrics", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
 
 
 def test_metrics_service_exposes_port_8080_named_metrics(defaults: list[dict[str, Any]]) -> None:
@@ -199,8 +243,8 @@ def test_metrics_service_exposes_port_8080_named_metrics(defaults: list[dict[str
 
 def test_watch_namespaces_grant_roles_only_in_those_namespaces(helm: Path, tmp_path: Path) -> None:
     docs = render(helm, tmp_path, {"watchNamespaces": ["shop", "billing"]})
-    roles = [d for d in docs if d["kind"] == "Role"]
-    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] != LEASE_ROLE]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] != LEASE_ROLE]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["billing", "shop"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["billing", "shop"]
     for role in roles:
@@ -253,6 +297,8 @@ def test_tuning_values_become_flags(helm: Path, tmp_path: Path) -> None:
         "--per-webhook-concurrency=2",
         "--log-format=text",
         "--log-level=DEBUG",
+        "--leader-election-id=webhook-operator",
+        "--shutdown-grace=20s",
         "--some-new-flag",
     ]
     ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
@@ -274,6 +320,8 @@ def test_operator_accepts_the_default_flags(defaults: list[dict[str, Any]]) -> N
     assert settings.key_rotation_overlap_s == 24 * 3600
     assert (settings.log_format, settings.log_level) == ("json", "INFO")
     assert settings.allow_http is False
+    assert settings.leader_election is True and settings.leader_election_id == "webhook-operator"
+    assert settings.shutdown_grace_s == 20
 
 
 def test_operator_accepts_every_non_default_flag(helm: Path, tmp_path: Path) -> None:
@@ -290,6 +338,8 @@ def test_operator_accepts_every_non_default_flag(helm: Path, tmp_path: Path) -> 
         "perWebhookConcurrency": 2,
         "logFormat": "text",
         "logLevel": "warning",
+        "leaderElection": {"leaseName": "hooks.lock"},
+        "shutdownGraceSeconds": 5,
     }
     settings = operator_settings(args(render(helm, tmp_path, values)))
     assert settings.namespaces == ("shop", "billing")
@@ -299,6 +349,7 @@ def test_operator_accepts_every_non_default_flag(helm: Path, tmp_path: Path) -> 
     assert settings.ca_bundle == "/etc/webhook-operator/ca-bundle/ca-bundle.pem"
     assert (settings.max_concurrency, settings.per_webhook_concurrency) == (7, 2)
     assert (settings.log_format, settings.log_level) == ("text", "WARNING")
+    assert (settings.leader_election_id, settings.shutdown_grace_s) == ("hooks.lock", 5)
 
 
 @pytest.mark.parametrize("source", ["configMap", "secret"])
@@ -411,7 +462,7 @@ def test_network_policy_peers_can_be_narrowed(helm: Path, tmp_path: Path) -> Non
     assert policy["egress"][2]["to"] == [api]
 
 
-def test_pod_disruption_budget_never_blocks_drains_of_the_single_pod(helm: Path, tmp_path: Path) -> None:
+def test_pod_disruption_budget_evicts_one_pod_at_a_time_and_never_blocks_drains(helm: Path, tmp_path: Path) -> None:
     pdb = only(render(helm, tmp_path, {"podDisruptionBudget": {"enabled": True}}), "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1
     assert "minAvailable" not in pdb["spec"]
@@ -421,7 +472,9 @@ def test_pod_disruption_budget_never_blocks_drains_of_the_single_pod(helm: Path,
     ("values", "expected"),
     [
         ({"replicaCount": "two"}, "replicaCount"),
-        ({"replicaCount": 2}, "replicaCount"),
+        ({"replicaCount": -1}, "replicaCount"),
+        ({"leaderElection": {"leaseName": "Webhook_Operator"}}, "leaseName"),
+        ({"shutdownGraceSeconds": "20s"}, "shutdownGraceSeconds"),
         ({"replicasCount": 1}, "replicasCount"),
         ({"eventTTL": 5}, "eventTTL"),
         ({"eventTTL": "a day"}, "eventTTL"),
@@ -447,7 +500,7 @@ def test_schema_error_texts_say_what_is_wrong(helm: Path, tmp_path: Path) -> Non
     cases: list[tuple[dict[str, Any], str]] = [
         ({"eventTTL": 5}, r"eventTTL'?:? (got number, want string|Invalid type\. Expected: string)"),
         ({"replicaCount": "two"}, r"replicaCount'?:? (got string, want integer|Invalid type\. Expected: integer)"),
-        ({"replicaCount": 2}, r"replicaCount'?:? (maximum: got 2, want 1|Must be less than or equal to 1)"),
+        ({"replicaCount": -1}, r"replicaCount'?:? (minimum: got -1, want 0|Must be greater than or equal to 0)"),
         ({"replicasCount": 1}, r"[Aa]dditional propert(y|ies) '?replicasCount'? (is )?not allowed"),
     ]
     for values, pattern in cases:

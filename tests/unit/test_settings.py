@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,46 @@ def test_settings_are_frozen() -> None:
 def test_a_negative_completed_events_cap_is_refused() -> None:
     with pytest.raises(SystemExit, match="--max-completed-events"):
         settings("--max-completed-events", "-1")
+
+
+def test_leader_election_is_on_by_default_with_the_documented_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setattr("webhook_operator.leader.SERVICE_ACCOUNT_NAMESPACE", Path("/nonexistent/namespace"))
+    defaults = settings()
+    assert defaults.leader_election is True
+    assert defaults.leader_election_id == "webhook-operator"
+    assert defaults.leader_election_namespace == "default"
+    assert defaults.shutdown_grace_s == 20.0
+
+
+def test_leader_election_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "ops")
+    assert settings().leader_election_namespace == "ops"
+    chosen = settings(
+        "--no-leader-election",
+        "--leader-election-namespace",
+        "hooks",
+        "--leader-election-id",
+        "wo.lock",
+        "--shutdown-grace",
+        "45s",
+    )
+    assert (chosen.leader_election, chosen.leader_election_namespace, chosen.leader_election_id) == (
+        False,
+        "hooks",
+        "wo.lock",
+    )
+    assert chosen.shutdown_grace_s == 45.0
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--leader-election-id", "Webhook_Operator"),
+        ("--leader-election-id", ""),
+        ("--leader-election-namespace", "a.b"),
+    ],
+)
+def test_a_bad_lease_name_or_namespace_is_refused_naming_the_flag(flag: str, value: str) -> None:
+    with pytest.raises(SystemExit, match=flag):
+        settings(flag, value)

@@ -8,6 +8,7 @@ form a round, and a round ends in one status write.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -134,10 +135,13 @@ class DeliveryEngine:
         self.max_queued = QUEUED_PER_SLOT * settings.max_concurrency
         self.max_first_rounds = MAX_FIRST_ROUNDS
         self._capacity = asyncio.Event()  # set when the backlog has shrunk since the last wait
+        self._stopping = asyncio.Event()  # set by drain(): no new attempts, no new events
         self.status_writes = 0
 
     # -- watch entry point --------------------------------------------------------------
     async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
+        if self._stopping.is_set():
+            return
         meta = body.get("metadata") or {}
         uid = meta.get("uid", "")
         if type_ == "DELETED":
@@ -250,7 +254,7 @@ class DeliveryEngine:
 
     async def wait_for_capacity(self) -> None:
         """Return once the engine is not backlogged (at once, usually)."""
-        while self.backlogged():
+        while self.backlogged() and not self._stopping.is_set():
             self._capacity.clear()
             await self._capacity.wait()
 
@@ -315,7 +319,7 @@ class DeliveryEngine:
                 self.metrics.pending.labels(job.namespace, name).inc()
 
         try:
-            while not job.gone:
+            while not job.gone and not self._stopping.is_set():
                 state = self.index.get(job.namespace, name)
                 ending = waiting_reason(state)
                 if ending is not None and ending != NOT_READY:
@@ -337,11 +341,16 @@ class DeliveryEngine:
                 if due is not None:
                     delay = (due - now()).total_seconds()
                     if delay > 0:
-                        await asyncio.sleep(min(delay, NOT_READY_RECHECK_S * 30))
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stopping.wait(), min(delay, NOT_READY_RECHECK_S * 30))
                         continue  # the webhook may have changed while we waited
                 job.running += 1
                 count_pending(None)
-                result = await self._attempt(job, entry, state)
+                try:
+                    result = await self._attempt(job, entry, state)
+                except _Stopped:  # shutting down before the request was sent: the entry stays as it was
+                    await self._round_done(job)
+                    return
                 final = self._apply(entry, result, state)
                 if final and self._live(state):
                     succeeded = entry["outcome"] == "Succeeded"
@@ -370,6 +379,9 @@ class DeliveryEngine:
                 await self._global.acquire()
             finally:
                 self._dequeued()
+            if self._stopping.is_set():
+                self._global.release()
+                raise _Stopped()
             self.metrics.in_flight.labels(job.namespace, state.name).inc()
             try:
                 result = await send(self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds)
@@ -549,6 +561,34 @@ class DeliveryEngine:
         finally:
             self._deleting.release()
 
+    # -- stopping -----------------------------------------------------------------------
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work and let attempts already sent finish and be recorded, for at most ``grace_s``.
+
+        Deliveries waiting for a first attempt or a retry stay as their status records them; the next
+        leader resumes them. Whatever is still running after the grace period is cancelled.
+        """
+        self._stopping.set()
+        self._capacity.set()
+        tasks = list(self._tasks)
+        if tasks and grace_s > 0:
+            log.info("waiting up to %.0fs for %d event(s) with attempts in flight", grace_s, len(self._jobs))
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending:
+                log.warning(
+                    "%d event(s) still in flight after %.0fs; their attempts are repeated later", len(pending), grace_s
+                )
+        await self.abort()
+
+    async def abort(self) -> None:
+        """Cancel everything at once (the Lease is lost: nothing may be written any more)."""
+        self._stopping.set()
+        self._capacity.set()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     # -- introspection ------------------------------------------------------------------
     @property
     def active_jobs(self) -> int:
@@ -567,6 +607,10 @@ def waiting_reason(state: WebhookState | None) -> str | None:
     if not state.deliverable:
         return NOT_READY
     return None
+
+
+class _Stopped(Exception):
+    """An attempt was about to start while the engine is stopping."""
 
 
 def format_time_precise(delay_s: float) -> str:
