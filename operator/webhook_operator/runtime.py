@@ -14,6 +14,7 @@ from webhook_operator import __version__
 from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex
+from webhook_operator.ingress.server import IngressServer, make_ingress_server
 from webhook_operator.kube import ApiError, KubeClient, load_credentials, resource_path
 from webhook_operator.metrics import Metrics
 from webhook_operator.settings import Settings
@@ -34,6 +35,7 @@ class Runtime:
     webhooks: WebhookController
     engine: DeliveryEngine
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    ingress: IngressServer | None = None
 
 
 def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime:
@@ -64,6 +66,10 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
     settings = runtime.settings
     if serve_metrics:
         start_http_server(settings.metrics_port, settings.bind_address, registry=runtime.metrics.registry)
+    if settings.ingress_port:
+        # Before the webhooks load: in CR mode a published event waits in the API server anyway.
+        runtime.ingress = make_ingress_server(settings, runtime.kube)
+        await runtime.ingress.start()
     scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:
         async for page in _pages_with_retries(runtime.kube, resource_path("webhooks", namespace)):
@@ -104,6 +110,8 @@ async def _pages_with_retries(kube: KubeClient, path: str, attempts: int = 30) -
 
 
 async def stop(runtime: Runtime) -> None:
+    if runtime.ingress is not None:
+        await runtime.ingress.stop()
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)

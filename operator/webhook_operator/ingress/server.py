@@ -1,0 +1,110 @@
+"""The ingress's HTTPS server (aiohttp): path and method, then review, size, parse, publish; errors as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from webhook_operator.ingress.parse import IngressError, namespace_of, parse_publication
+from webhook_operator.ingress.review import Reviewer
+from webhook_operator.ingress.sink import EventSink, SinkUnavailable, WebhookEventSink
+from webhook_operator.ingress.tls import ReloadingCertificate
+from webhook_operator.kube import KubeClient
+from webhook_operator.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# 64 KiB: a WebhookEvent then stays small beside etcd's 1.5 MiB object limit even after its status
+# has recorded a 1 KiB response body for each of dozens of webhooks (see the README).
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+def _error(exc: IngressError) -> web.Response:
+    return web.json_response({"error": exc.message}, status=exc.status, headers=exc.headers)
+
+
+@dataclass
+class Ingress:
+    reviewer: Reviewer
+    sink: EventSink
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    served_namespaces: frozenset[str] = frozenset()  # empty: every namespace
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except IngressError as exc:
+            return _error(exc)
+        except SinkUnavailable as exc:
+            return _error(IngressError(503, exc.reason + "; retry later", {"Retry-After": str(exc.retry_after_s)}))
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        namespace = namespace_of(request.path)
+        if namespace is None:
+            raise IngressError(404, "not found: publish with POST /v1/namespaces/<namespace>/events")
+        if request.method != "POST":
+            raise IngressError(405, "only POST is allowed here", {"Allow": "POST"})
+        if self.served_namespaces and namespace not in self.served_namespaces:
+            raise IngressError(404, f'namespace "{namespace}" is not served by this operator')
+        await self.reviewer.authorize(request.headers.get("Authorization"), namespace)
+        body = await self._read_body(request)
+        publication = parse_publication(request.headers, body)
+        event_id = await self.sink.publish(namespace, publication.event, publication.data, publication.event_id)
+        return web.json_response({"eventId": event_id}, status=202)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        too_large = IngressError(413, f"the request body is larger than {self.max_body_bytes} bytes")
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise too_large
+        body = await request.content.read(self.max_body_bytes + 1)
+        if len(body) > self.max_body_bytes:
+            raise too_large
+        return body
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_body_bytes)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+
+@dataclass
+class IngressServer:
+    ingress: Ingress
+    certificate: ReloadingCertificate
+    host: str
+    port: int
+    _runner: web.AppRunner | None = None
+    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        # No access log: the request line is all it would add, and publishers are counted elsewhere.
+        self._runner = web.AppRunner(self.ingress.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.certificate.context)
+        await site.start()
+        self._tasks.append(asyncio.create_task(self.certificate.watch(), name="ingress-tls-reload"))
+        log.info("ingress: serving HTTPS on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.certificate.close()
+
+
+def make_ingress_server(settings: Settings, kube: KubeClient) -> IngressServer:
+    """CR mode: reviews and WebhookEvents with the operator's API client; certificate from files or self-signed."""
+    ingress = Ingress(
+        Reviewer(kube),
+        WebhookEventSink(kube),
+        max_body_bytes=settings.ingress_max_body_bytes,
+        served_namespaces=frozenset(settings.namespaces),
+    )
+    certificate = ReloadingCertificate(settings.ingress_tls_cert, settings.ingress_tls_key)
+    return IngressServer(ingress, certificate, settings.bind_address, settings.ingress_port)
