@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 log = logging.getLogger(__name__)
-RELOAD_INTERVAL_S = 10.0
+RELOAD_INTERVAL_S = 5.0
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
