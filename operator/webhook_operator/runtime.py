@@ -68,7 +68,7 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
         start_http_server(settings.metrics_port, settings.bind_address, registry=runtime.metrics.registry)
     if settings.ingress_port:
         # Before the webhooks load: in CR mode a published event waits in the API server anyway.
-        runtime.ingress = make_ingress_server(settings, runtime.kube)
+        runtime.ingress = make_ingress_server(settings, runtime.kube, runtime.metrics)
         await runtime.ingress.start()
     scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:

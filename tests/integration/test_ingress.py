@@ -25,6 +25,7 @@ from tests.support.kube_helpers import (
     KubectlFn,
     apply,
     get,
+    metric_value,
     verify_received,
     wait_event_final,
     wait_ready,
@@ -286,11 +287,22 @@ def test_other_paths_are_404_and_other_methods_405(env: Env) -> None:
     assert response.status_code == 405 and response.headers["Allow"] == "POST"
 
 
-def test_a_refused_review_costs_no_second_api_call_within_the_cache_ttl(env: Env) -> None:
-    """Repeated 403s come from the cache: the answers stay fast and identical (the API server is asked once)."""
-    answers = [env.post(env.tokens["stranger"], {"event": "User.Created"}) for _ in range(20)]
-    assert {a.status_code for a in answers} == {403}
-    assert len({a.json()["error"] for a in answers}) == 1
+def reviews(env: Env) -> float:
+    text = env.operator.metrics()
+    return sum(metric_value(text, "webhook_operator_ingress_reviews_total", review=k) or 0 for k in ("token", "access"))
+
+
+def test_reviews_are_cached_so_repeated_requests_cost_no_more_api_calls(env: Env) -> None:
+    for who, code in (("stranger", 403), ("publisher", 202)):
+        token = env.tokens[who]
+        assert env.post(token, {"event": "Cache.Warmed"}).status_code == code
+        before = reviews(env)
+        answers = [env.post(token, {"event": "Cache.Warmed"}) for _ in range(10)]
+        assert {a.status_code for a in answers} == {code}
+        # A review expiring between the first request and these costs at most one TokenReview and one SAR.
+        assert reviews(env) - before <= 2, who
+    text = env.operator.metrics()
+    assert (metric_value(text, "webhook_operator_ingress_requests_total", code="403") or 0) >= 11
 
 
 # -- the certificate --------------------------------------------------------------------------

@@ -149,7 +149,7 @@ class Reviewer:
     ttl_s: float = REVIEW_TTL_S
     max_entries: int = REVIEW_CACHE_ENTRIES
     clock: Callable[[], float] = time.monotonic
-    reviews: int = 0  # API calls made, for tests and metrics
+    on_review: Callable[[str], None] = lambda kind: None  # called per API call: "token" or "access"
     _identities: ExpiringCache[bytes, Identity] = field(init=False)
     _access: ExpiringCache[tuple[bytes, str], Access] = field(init=False)
 
@@ -184,7 +184,7 @@ class Reviewer:
         if cached is not None:
             return cached
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
-        self.reviews += 1
+        self.on_review("token")
         try:
             identity = identity_from_review(await self.kube.create(TOKEN_REVIEWS, body))
         except (ApiError, OSError) as exc:
@@ -196,7 +196,7 @@ class Reviewer:
         cached = self._access.get((key, namespace))
         if cached is not None:
             return cached
-        self.reviews += 1
+        self.on_review("access")
         try:
             review = await self.kube.create(ACCESS_REVIEWS, access_review_body(identity, namespace))
         except (ApiError, OSError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from webhook_operator.ingress.review import Reviewer
 from webhook_operator.ingress.sink import EventSink, SinkUnavailable, WebhookEventSink
 from webhook_operator.ingress.tls import ReloadingCertificate
 from webhook_operator.kube import KubeClient
+from webhook_operator.metrics import Metrics
 from webhook_operator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,14 +35,17 @@ class Ingress:
     sink: EventSink
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     served_namespaces: frozenset[str] = frozenset()  # empty: every namespace
+    on_answer: Callable[[int], None] = lambda status: None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
         except IngressError as exc:
-            return _error(exc)
+            response = _error(exc)
         except SinkUnavailable as exc:
-            return _error(IngressError(503, exc.reason + "; retry later", {"Retry-After": str(exc.retry_after_s)}))
+            response = _error(IngressError(503, exc.reason + "; retry later", {"Retry-After": str(exc.retry_after_s)}))
+        self.on_answer(response.status)
+        return response
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         namespace = namespace_of(request.path)
@@ -98,13 +103,14 @@ class IngressServer:
         self.certificate.close()
 
 
-def make_ingress_server(settings: Settings, kube: KubeClient) -> IngressServer:
+def make_ingress_server(settings: Settings, kube: KubeClient, metrics: Metrics) -> IngressServer:
     """CR mode: reviews and WebhookEvents with the operator's API client; certificate from files or self-signed."""
     ingress = Ingress(
-        Reviewer(kube),
+        Reviewer(kube, on_review=lambda kind: metrics.ingress_reviews.labels(kind).inc()),
         WebhookEventSink(kube),
         max_body_bytes=settings.ingress_max_body_bytes,
         served_namespaces=frozenset(settings.namespaces),
+        on_answer=lambda status: metrics.ingress_requests.labels(str(status)).inc(),
     )
     certificate = ReloadingCertificate(settings.ingress_tls_cert, settings.ingress_tls_key)
     return IngressServer(ingress, certificate, settings.bind_address, settings.ingress_port)
