@@ -279,6 +279,26 @@ def test_over_the_size_limit_is_413(env: Env) -> None:
     assert str(MAX_BODY) in response.json()["error"]
 
 
+def chunks(data: bytes, size: int) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        time.sleep(0.01)  # separate TCP segments, so the server sees the body arrive in pieces
+        yield data[start : start + size]
+
+
+def test_a_chunked_body_is_read_whole_and_limited_all_the_same(env: Env) -> None:
+    event = {"event": "Big.Thing", "data": "y" * (MAX_BODY - 100)}
+    body = json.dumps(event).encode()
+    headers = {"Content-Type": "application/json"}
+    response = env.post(env.tokens["publisher"], content=chunks(body, 512), headers=headers)
+    assert response.status_code == 202, response.text
+    event_id = response.json()["eventId"]
+    (received,) = env.receiver.wait_for(1, "/hook", where=lambda r: json.loads(r.body)["eventId"] == event_id)
+    assert json.loads(received.body)["data"] == event["data"]
+    too_big = json.dumps({"event": "Big.Thing", "data": "y" * MAX_BODY}).encode()
+    response = env.post(env.tokens["publisher"], content=chunks(too_big, 512), headers=headers)
+    assert response.status_code == 413
+
+
 def test_other_paths_are_404_and_other_methods_405(env: Env) -> None:
     base = env.url.split("/v1/")[0]
     assert env.client.get(f"{base}/").status_code == 404

@@ -53,9 +53,10 @@ class Ingress:
             raise IngressError(404, "not found: publish with POST /v1/namespaces/<namespace>/events")
         if request.method != "POST":
             raise IngressError(405, "only POST is allowed here", {"Allow": "POST"})
+        await self.reviewer.authorize(request.headers.get("Authorization"), namespace)
+        # After the review, so that a caller who may not publish there learns nothing of what is served.
         if self.served_namespaces and namespace not in self.served_namespaces:
             raise IngressError(404, f'namespace "{namespace}" is not served by this operator')
-        await self.reviewer.authorize(request.headers.get("Authorization"), namespace)
         body = await self._read_body(request)
         publication = parse_publication(request.headers, body)
         event_id = await self.sink.publish(namespace, publication.event, publication.data, publication.event_id)
@@ -65,10 +66,13 @@ class Ingress:
         too_large = IngressError(413, f"the request body is larger than {self.max_body_bytes} bytes")
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             raise too_large
-        body = await request.content.read(self.max_body_bytes + 1)
-        if len(body) > self.max_body_bytes:
-            raise too_large
-        return body
+        # read(n) returns what has arrived so far (up to n bytes), not n bytes: read until the end.
+        body = bytearray()
+        while chunk := await request.content.read(self.max_body_bytes + 1 - len(body)):
+            body += chunk
+            if len(body) > self.max_body_bytes:
+                raise too_large
+        return bytes(body)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body_bytes)
