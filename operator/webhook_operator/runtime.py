@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
@@ -14,12 +14,14 @@ from webhook_operator import __version__
 from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import DeliveryClient, make_client
 from webhook_operator.index import WebhookIndex
-from webhook_operator.ingress.server import IngressServer, make_ingress_server
 from webhook_operator.kube import ApiError, KubeClient, load_credentials, resource_path
 from webhook_operator.metrics import Metrics
 from webhook_operator.settings import Settings
 from webhook_operator.watch import ResourceWatch
 from webhook_operator.webhooks import WebhookController
+
+if TYPE_CHECKING:
+    from webhook_operator.ingress.server import IngressServer
 
 log = logging.getLogger(__name__)
 USER_AGENT = f"webhook-operator/{__version__}"
@@ -35,7 +37,7 @@ class Runtime:
     webhooks: WebhookController
     engine: DeliveryEngine
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    ingress: IngressServer | None = None
+    ingress: IngressServer | None = None  # with --ingress-port
 
 
 def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime:
@@ -67,7 +69,10 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
     if serve_metrics:
         start_http_server(settings.metrics_port, settings.bind_address, registry=runtime.metrics.registry)
     if settings.ingress_port:
-        # Before the webhooks load: in CR mode a published event waits in the API server anyway.
+        # Imported only when served (about 8 MB of modules otherwise unused). Started before the
+        # webhooks load: in CR mode a published event waits in the API server anyway.
+        from webhook_operator.ingress.server import make_ingress_server
+
         runtime.ingress = make_ingress_server(settings, runtime.kube, runtime.metrics)
         await runtime.ingress.start()
     scopes: list[str | None] = [*settings.namespaces] or [None]

@@ -12,17 +12,18 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 log = logging.getLogger(__name__)
 RELOAD_INTERVAL_S = 5.0
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
     """A fresh key and a certificate for localhost, 127.0.0.1, ::1 and this host, valid for a year."""
+    # Imported here: only --dev without certificate files needs them.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     host = socket.gethostname()
     names: list[x509.GeneralName] = [
