@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 import pytest
 
 from webhook_operator.ingress.parse import event_object_name
-from webhook_operator.ingress.sink import SinkUnavailable, webhook_event
+from webhook_operator.ingress.sink import PublishGate, SinkUnavailable, webhook_event
 from webhook_operator.settings import Settings, add_run_arguments, settings_from_args
 
 
@@ -74,3 +75,27 @@ def test_incomplete_ingress_flags_stop_with_a_message(argv: list[str], says: str
 def test_dev_lets_the_ingress_run_on_a_self_signed_certificate() -> None:
     got = settings("--dev", "--ingress-port", "8443")
     assert got.ingress_port == 8443 and got.ingress_tls_cert is None
+
+
+async def test_the_gate_runs_a_bounded_number_queues_a_bounded_number_and_refuses_the_rest() -> None:
+    gate = PublishGate(running=2, waiting=1)
+    release = asyncio.Event()
+    entered: list[int] = []
+
+    async def publish(i: int) -> None:
+        async with gate.enter():
+            entered.append(i)
+            await release.wait()
+
+    tasks = [asyncio.create_task(publish(i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert entered == [0, 1] and gate.waiting == 1
+    with pytest.raises(SinkUnavailable) as info:
+        async with gate.enter():
+            pass
+    assert info.value.retry_after_s == 1
+    release.set()
+    await asyncio.gather(*tasks)
+    assert entered == [0, 1, 2] and gate.waiting == 0
+    async with gate.enter():  # free again
+        pass

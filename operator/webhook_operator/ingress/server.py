@@ -12,7 +12,7 @@ from aiohttp import web
 
 from webhook_operator.ingress.parse import IngressError, namespace_of, parse_publication
 from webhook_operator.ingress.review import Reviewer
-from webhook_operator.ingress.sink import EventSink, SinkUnavailable, WebhookEventSink
+from webhook_operator.ingress.sink import EventSink, PublishGate, SinkUnavailable, WebhookEventSink
 from webhook_operator.ingress.tls import ReloadingCertificate
 from webhook_operator.kube import KubeClient
 from webhook_operator.metrics import Metrics
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 # 64 KiB: a WebhookEvent then stays small beside etcd's 1.5 MiB object limit even after its status
 # has recorded a 1 KiB response body for each of dozens of webhooks (see the README).
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# An authorised publisher holds one of the gate's slots while its body arrives; not for ever.
+BODY_TIMEOUT_S = 30.0
 
 
 def _error(exc: IngressError) -> web.Response:
@@ -36,6 +38,7 @@ class Ingress:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     served_namespaces: frozenset[str] = frozenset()  # empty: every namespace
     on_answer: Callable[[int], None] = lambda status: None
+    gate: PublishGate = field(default_factory=PublishGate)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -53,13 +56,14 @@ class Ingress:
             raise IngressError(404, "not found: publish with POST /v1/namespaces/<namespace>/events")
         if request.method != "POST":
             raise IngressError(405, "only POST is allowed here", {"Allow": "POST"})
-        await self.reviewer.authorize(request.headers.get("Authorization"), namespace)
-        # After the review, so that a caller who may not publish there learns nothing of what is served.
-        if self.served_namespaces and namespace not in self.served_namespaces:
-            raise IngressError(404, f'namespace "{namespace}" is not served by this operator')
-        body = await self._read_body(request)
-        publication = parse_publication(request.headers, body)
-        event_id = await self.sink.publish(namespace, publication.event, publication.data, publication.event_id)
+        async with self.gate.enter():
+            await self.reviewer.authorize(request.headers.get("Authorization"), namespace)
+            # After the review, so that a caller who may not publish there learns nothing of what is served.
+            if self.served_namespaces and namespace not in self.served_namespaces:
+                raise IngressError(404, f'namespace "{namespace}" is not served by this operator')
+            body = await self._read_body(request)
+            publication = parse_publication(request.headers, body)
+            event_id = await self.sink.publish(namespace, publication.event, publication.data, publication.event_id)
         return web.json_response({"eventId": event_id}, status=202)
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -68,10 +72,14 @@ class Ingress:
             raise too_large
         # read(n) returns what has arrived so far (up to n bytes), not n bytes: read until the end.
         body = bytearray()
-        while chunk := await request.content.read(self.max_body_bytes + 1 - len(body)):
-            body += chunk
-            if len(body) > self.max_body_bytes:
-                raise too_large
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT_S):
+                while chunk := await request.content.read(self.max_body_bytes + 1 - len(body)):
+                    body += chunk
+                    if len(body) > self.max_body_bytes:
+                        raise too_large
+        except TimeoutError:
+            raise IngressError(408, f"the request body did not arrive within {BODY_TIMEOUT_S:g} s") from None
         return bytes(body)
 
     def app(self) -> web.Application:

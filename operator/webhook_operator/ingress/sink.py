@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from webhook_operator import GROUP, VERSION
@@ -32,6 +35,33 @@ class EventSink(Protocol):
         when the event could not be stored now, IngressError for a rejection the client must fix.
         """
         ...
+
+
+class PublishGate:
+    """At most ``running`` publications at once, at most ``waiting`` more queued; beyond that, SinkUnavailable.
+
+    The ingress shares the operator's API connection pool with the delivery engine's status
+    writes: a flood of publishers must queue here, not there, and past a bound be told to retry.
+    """
+
+    def __init__(self, running: int = 32, waiting: int = 1024) -> None:
+        self._slots = asyncio.Semaphore(running)
+        self._max_waiting = waiting
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def enter(self) -> AsyncIterator[None]:
+        if self._slots.locked() and self.waiting >= self._max_waiting:
+            raise SinkUnavailable("the ingress has too many events in progress", retry_after_s=1)
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 def webhook_event(namespace: str, event: str, data: Any, event_id: str | None) -> dict[str, Any]:
