@@ -124,7 +124,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(receiver_port: int = 9443) -> int:
+def main(receiver_port: int = 9443, ingress_port: int = 8443) -> int:
     # SIGTERM (e.g. from a supervisor or `timeout`) cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     if shutil.which("kubectl") is None:
@@ -152,6 +152,9 @@ def main(receiver_port: int = 9443) -> int:
         pair = ca.issue("receiver", common_name="localhost", server=True, dns_names=("localhost",), ips=("127.0.0.1",))
         server = serve_receiver(receiver_port, pair.cert, pair.key, SignatureChecker())
         _say(f"demo receiver on https://localhost:{receiver_port}/ (CA {ca.cert_path})")
+        ingress = ca.issue(
+            "ingress", common_name="localhost", server=True, dns_names=("localhost",), ips=("127.0.0.1",)
+        )
         log_path = plane.logs / "operator.log"
         operator = subprocess.Popen(
             [
@@ -166,6 +169,12 @@ def main(receiver_port: int = 9443) -> int:
                 "127.0.0.1",
                 "--event-ttl",
                 "1h",
+                "--ingress-port",
+                str(ingress_port),
+                "--ingress-tls-cert",
+                str(ingress.cert),
+                "--ingress-tls-key",
+                str(ingress.key),
             ],
             env={**env, "PYTHONUNBUFFERED": "1"},
             stdout=open(log_path, "ab"),
@@ -182,6 +191,12 @@ def main(receiver_port: int = 9443) -> int:
             "kubectl webhooks test billing-sync -n demo --wait  |  Ctrl-C to stop"
         )
         _say(f"export KUBECONFIG={plane.kubeconfig}")
+        _say(
+            "publish over HTTPS: curl --cacert "
+            f'{ca.cert_path} -H "Authorization: Bearer $(kubectl create token publisher -n demo)" '
+            '-H \'Content-Type: application/json\' -d \'{"event": "User.Created", "data": {"id": 1}}\' '
+            f"https://localhost:{ingress_port}/v1/namespaces/demo/events"
+        )
         while operator.poll() is None:
             time.sleep(0.5)
         _say(f"operator exited with {operator.returncode}; see {log_path}")

@@ -63,6 +63,19 @@ class Metrics:
             registry=r,
         )
         self.leader = Gauge(PREFIX + "leader", "1 while this replica holds the Lease and delivers, else 0.", registry=r)
+        self.ingress_requests = Counter(
+            PREFIX + "ingress_requests",
+            "Requests to the event ingress by HTTP status code.",
+            ["code"],
+            registry=r,
+        )
+        self.ingress_reviews = Counter(
+            PREFIX + "ingress_reviews",
+            "TokenReviews (review=token) and SubjectAccessReviews (review=access) the ingress asked the API server"
+            " for; answers reused from its cache are not counted.",
+            ["review"],
+            registry=r,
+        )
         # Label sets seen per webhook, so that all of a deleted webhook's series can be removed.
         self._extra_labels: dict[Key, set[tuple[Counter, tuple[str, ...]]]] = defaultdict(set)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
@@ -23,6 +23,9 @@ from webhook_operator.settings import Settings
 from webhook_operator.watch import ResourceWatch
 from webhook_operator.webhooks import WebhookController
 
+if TYPE_CHECKING:
+    from webhook_operator.ingress.server import IngressServer
+
 log = logging.getLogger(__name__)
 USER_AGENT = f"webhook-operator/{__version__}"
 WATCH_TASK_PREFIX = "watch-events-"
@@ -38,6 +41,7 @@ class Runtime:
     webhooks: WebhookController
     engine: DeliveryEngine
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # for the whole life of the process
+    ingress: IngressServer | None = None  # with --ingress-port
     # The leader part: the WebhookEvent watches, the engine's loops. Started on taking the Lease,
     # stopped on losing it or on shutdown; kopf's Webhook/Secret watches run on every replica.
     leader_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -101,6 +105,13 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
     settings = runtime.settings
     if serve_metrics:
         start_http_server(settings.metrics_port, settings.bind_address, registry=runtime.metrics.registry)
+    if settings.ingress_port:
+        # Imported only when served (about 8 MB of modules otherwise unused). Started before the
+        # webhooks load: in CR mode a published event waits in the API server anyway.
+        from webhook_operator.ingress.server import make_ingress_server
+
+        runtime.ingress = make_ingress_server(settings, runtime.kube, runtime.metrics)
+        await runtime.ingress.start()
     runtime.tasks.append(asyncio.create_task(api_check_loop(runtime.kube), name="api-check"))
     if not settings.leader_election:
         runtime.leading = True  # one process, as before: it writes from the first reconcile
@@ -215,6 +226,8 @@ async def load_webhooks(runtime: Runtime, namespace: str | None) -> None:
 
 async def stop(runtime: Runtime) -> None:
     """Graceful shutdown (SIGTERM): drain and record in-flight attempts, flush health, release the Lease."""
+    if runtime.ingress is not None:
+        await runtime.ingress.stop()
     runtime.stopping = True
     if runtime.leading:
         await _step_down(runtime)

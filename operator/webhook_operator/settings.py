@@ -52,6 +52,10 @@ class Settings:
     leader_election_namespace: str = "default"
     leader_election_id: str = "webhook-operator"
     shutdown_grace_s: float = 20.0
+    ingress_port: int = 0  # 0: no event ingress
+    ingress_tls_cert: str | None = None
+    ingress_tls_key: str | None = None
+    ingress_max_body_bytes: int = 64 * 1024
 
 
 _DNS_SUBDOMAIN_RE = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -121,6 +125,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long in-flight attempts get to finish and be recorded before the Lease is "
         "released (default 20s; keep it below the pod's terminationGracePeriodSeconds)",
     )
+    parser.add_argument(
+        "--ingress-port", type=int, default=0, help="serve the HTTPS event ingress on this port (default: off)"
+    )
+    parser.add_argument("--ingress-tls-cert", default=None, help="the ingress's certificate (PEM), re-read on change")
+    parser.add_argument("--ingress-tls-key", default=None, help="the ingress's private key (PEM), re-read on change")
+    parser.add_argument(
+        "--ingress-max-body-bytes", type=int, default=64 * 1024, help="larger requests get 413 (default 65536)"
+    )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -145,6 +157,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         policy = DestinationPolicy.from_strings(cidrs)
     except ValueError as exc:
         raise SystemExit(f"error: --allow-cidr: {exc}") from exc
+    if args.ingress_port and not args.dev and not (args.ingress_tls_cert and args.ingress_tls_key):
+        raise SystemExit(
+            "error: --ingress-port needs --ingress-tls-cert and --ingress-tls-key"
+            " (or --dev for a self-signed certificate)"
+        )
+    if bool(args.ingress_tls_cert) != bool(args.ingress_tls_key):
+        raise SystemExit("error: give both --ingress-tls-cert and --ingress-tls-key, or neither")
+    if args.ingress_max_body_bytes < 1:
+        raise SystemExit("error: --ingress-max-body-bytes must be at least 1")
     return Settings(
         namespaces=tuple(dict.fromkeys(args.namespace)),
         metrics_port=args.metrics_port,
@@ -166,4 +187,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         leader_election_namespace=namespace,
         leader_election_id=args.leader_election_id,
         shutdown_grace_s=float(args.shutdown_grace),
+        ingress_port=args.ingress_port,
+        ingress_tls_cert=args.ingress_tls_cert,
+        ingress_tls_key=args.ingress_tls_key,
+        ingress_max_body_bytes=args.ingress_max_body_bytes,
     )

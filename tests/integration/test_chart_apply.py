@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import subprocess
 import time
 import uuid
@@ -11,11 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import trustme
 import yaml
 
 from devcluster import binaries
-from tests.support.operator_process import OperatorProcess
+from tests.support.operator_process import OperatorProcess, free_port
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.integration
@@ -332,6 +335,67 @@ def test_operator_with_only_the_charts_rbac_does_its_whole_job_without_a_forbidd
         assert old_uid
         release.kubectl("delete", "secret", "rbac-probe-signing-key", "-n", ns)
         wait_until("the signing key is regenerated", lambda: signing_key_uid() not in (None, old_uid))
+    finally:
+        operator.stop()
+    log = operator.log()
+    forbidden = [line for line in log.splitlines() if "forbidden" in line.lower() or " 403" in line]
+    assert forbidden == [], "\n".join(forbidden[:10])
+
+
+def test_ingress_with_only_the_charts_rbac_reviews_publishers_and_creates_their_events(
+    release: Release,
+    kube_env: dict[str, str],
+    receiver: Receiver,
+    tls_ca: trustme.CA,
+    ca_bundle: Path,
+    tmp_path: Path,
+) -> None:
+    ns = release.namespace
+    manifest = release.render({"watchNamespaces": [ns], "ingress": {"enabled": True, "tls": {"secretName": "tls"}}})
+    release.dry_run(manifest)
+    release.apply(manifest)
+    assert release.exists("service", f"{release.fullname}-ingress", ns)
+    assert release.can("create", "tokenreviews.authentication.k8s.io", ns)
+    assert release.can("create", "subjectaccessreviews.authorization.k8s.io", ns)
+    assert release.can("create", "webhookevents.webhook-operator.io", ns)
+    assert not release.can("create", "localsubjectaccessreviews.authorization.k8s.io", ns)
+
+    # A publisher allowed to create WebhookEvents in the namespace, and one that is not.
+    for name in ("publisher", "stranger"):
+        release.kubectl("create", "serviceaccount", name, "-n", ns)
+    release.kubectl(
+        "create", "role", "publish", "--verb=create", "--resource=webhookevents.webhook-operator.io", "-n", ns
+    )
+    release.kubectl("create", "rolebinding", "publish", "--role=publish", f"--serviceaccount={ns}:publisher", "-n", ns)
+    tokens = {n: release.kubectl("create", "token", n, "-n", ns).stdout.strip() for n in ("publisher", "stranger")}
+
+    cert = tls_ca.issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    port = free_port()
+    kubeconfig = token_kubeconfig(release, kube_env, tmp_path / "operator.kubeconfig")
+    args = ["--namespace", ns, "--ca-bundle", str(ca_bundle), "--allow-cidr", "127.0.0.0/8"]
+    ingress = ["--ingress-port", str(port), "--ingress-tls-cert", str(cert_path), "--ingress-tls-key", str(key_path)]
+    operator = OperatorProcess(kubeconfig, [*args, *ingress], tmp_path / "operator.log").start()
+    try:
+        webhook = {
+            "apiVersion": "webhook-operator.io/v1alpha1",
+            "kind": "Webhook",
+            "metadata": {"name": "ingress-probe", "namespace": ns},
+            "spec": {"url": receiver.url("/hook"), "events": ["User.Created"]},
+        }
+        release.kubectl("apply", "-f", "-", input=json.dumps(webhook))
+        release.kubectl("wait", "--for=condition=Ready", "webhook/ingress-probe", "-n", ns, "--timeout=30s")
+        url = f"https://127.0.0.1:{port}/v1/namespaces/{ns}/events"
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_bundle)), timeout=30) as client:
+            event = {"event": "User.Created", "data": {"id": "u1"}}
+            denied = client.post(url, json=event, headers={"Authorization": f"Bearer {tokens['stranger']}"})
+            assert denied.status_code == 403, denied.text
+            accepted = client.post(url, json=event, headers={"Authorization": f"Bearer {tokens['publisher']}"})
+            assert accepted.status_code == 202, accepted.text
+        (request,) = receiver.wait_for(1, "/hook")
+        assert json.loads(request.body)["eventId"] == accepted.json()["eventId"]
     finally:
         operator.stop()
     log = operator.log()

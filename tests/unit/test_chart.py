@@ -603,3 +603,73 @@ def test_flux_health_checks_name_webhooks_that_the_examples_define() -> None:
     checks = flux_objects()["webhook-operator-examples"]["spec"]["healthChecks"]
     missing = [(c.get("namespace"), c["name"]) for c in checks if (c.get("namespace"), c["name"]) not in defined]
     assert missing == [], f"examples/webhooks defines {sorted(defined)}"
+
+
+INGRESS = {"ingress": {"enabled": True, "tls": {"secretName": "ingress-tls"}, "maxBodyBytes": 32768}}
+INGRESS_REVIEW_RULES = [
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
+]
+CREATE_EVENTS_RULE = {"apiGroups": ["webhook-operator.io"], "resources": ["webhookevents"], "verbs": ["create"]}
+
+
+def test_ingress_is_off_by_default(defaults: list[dict[str, Any]]) -> None:
+    assert not [a for a in args(defaults) if a.startswith("--ingress")]
+    assert [d["metadata"]["name"] for d in defaults if d["kind"] == "Service"] == [f"{FULLNAME}-metrics"]
+    assert CREATE_EVENTS_RULE not in only(defaults, "ClusterRole", FULLNAME)["rules"]
+
+
+def test_ingress_serves_the_tls_secret_on_its_port_behind_a_service(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, INGRESS)
+    settings = operator_settings(args(docs))
+    assert (settings.ingress_port, settings.ingress_max_body_bytes) == (8443, 32768)
+    assert settings.ingress_tls_cert == "/etc/webhook-operator/ingress-tls/tls.crt"
+    assert settings.ingress_tls_key == "/etc/webhook-operator/ingress-tls/tls.key"
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    # A directory mount without subPath: a renewed Secret reaches the running pod.
+    assert mounts["ingress-tls"] == {
+        "name": "ingress-tls",
+        "mountPath": "/etc/webhook-operator/ingress-tls",
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["ingress-tls"]["secret"]["secretName"] == "ingress-tls"
+    assert {p["name"]: p["containerPort"] for p in container(docs)["ports"]}["ingress"] == 8443
+    service = only(docs, "Service", f"{FULLNAME}-ingress")
+    assert service["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "ingress", "protocol": "TCP"}]
+    assert (
+        service["spec"]["selector"].items()
+        <= only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_ingress_rbac_reviews_cluster_wide_and_creates_events_where_the_operator_serves(
+    helm: Path, tmp_path: Path
+) -> None:
+    docs = render(helm, tmp_path, INGRESS)
+    assert only(docs, "ClusterRole", f"{FULLNAME}-ingress")["rules"] == INGRESS_REVIEW_RULES
+    binding = only(docs, "ClusterRoleBinding", f"{FULLNAME}-ingress")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
+    assert only(docs, "ClusterRole", FULLNAME)["rules"] == [
+        *NAMESPACED_RULES[:4],
+        CREATE_EVENTS_RULE,
+        *NAMESPACED_RULES[4:],
+    ]
+    namespaced = render(helm, tmp_path, {**INGRESS, "watchNamespaces": ["shop"]})
+    served = [d for d in namespaced if d["kind"] == "Role" and d["metadata"]["namespace"] == "shop"]
+    assert len(served) == 1 and CREATE_EVENTS_RULE in served[0]["rules"]
+    assert only(namespaced, "ClusterRole", f"{FULLNAME}-ingress")["rules"] == INGRESS_REVIEW_RULES
+
+
+def test_network_policy_admits_the_ingress_port_from_the_given_peers(helm: Path, tmp_path: Path) -> None:
+    peer = {"namespaceSelector": {"matchLabels": {"team": "shop"}}}
+    values = {**INGRESS, "networkPolicy": {"enabled": True, "ingressFrom": [peer]}}
+    policy = only(render(helm, tmp_path, values), "NetworkPolicy")["spec"]
+    rule = [r for r in policy["ingress"] if r["ports"] == [{"port": "ingress", "protocol": "TCP"}]]
+    assert rule == [{"ports": [{"port": "ingress", "protocol": "TCP"}], "from": [peer]}]
+
+
+def test_ingress_without_a_tls_secret_is_refused_naming_the_key(helm: Path, tmp_path: Path) -> None:
+    result = run_helm(helm, *TEMPLATE, values={"ingress": {"enabled": True}}, tmp=tmp_path)
+    assert result.returncode != 0
+    assert "secretName" in result.stderr

@@ -56,3 +56,17 @@ def test_an_auth_provider_kubeconfig_keeps_the_kubernetes_package_available(tmp_
     env.pop("KUBERNETES_SERVICE_HOST", None)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     assert "kubernetes importable" in out
+
+
+def test_the_operator_loads_no_certificate_library_unless_it_makes_a_certificate(tmp_path: Path) -> None:
+    script = PROBE + (
+        "import webhook_operator.ingress.server\n"
+        "print('cryptography.x509' in sys.modules)\n"
+        "from webhook_operator.ingress.tls import self_signed\n"
+        f"self_signed(__import__('pathlib').Path({str(tmp_path)!r}))\n"
+        "print('cryptography.x509' in sys.modules)\n"
+    )
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig(tmp_path, {"token": "t"}))}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[1:] == ["False", "True"]

@@ -70,6 +70,7 @@ class EventJob:
     uid: str
     event: str
     created_at: str
+    event_id: str  # spec.eventId when the publisher gave one, else the uid
     data: Any
     deliveries: list[dict[str, Any]]
     redelivery: dict[str, Any] | None = None
@@ -236,6 +237,7 @@ class DeliveryEngine:
             uid=meta["uid"],
             event=str(spec.get("event", "")),
             created_at=format_created_at(created),
+            event_id=str(spec.get("eventId") or meta["uid"]),
             data=spec.get("data"),
             deliveries=deliveries,
             redelivery=redelivery,
@@ -369,7 +371,7 @@ class DeliveryEngine:
 
     async def _attempt(self, job: EventJob, entry: dict[str, Any], state: WebhookState) -> AttemptResult:
         body = build_body(
-            hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.uid, data=job.data
+            hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.event_id, data=job.data
         )
         assert state.limiter is not None
         # The webhook's own slot first: attempts queued behind a slow webhook hold no global slot.

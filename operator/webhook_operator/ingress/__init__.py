@@ -1,0 +1,1 @@
+"""The authenticated HTTPS event ingress: parse (pure), review (TokenReview + SubjectAccessReview), sink, server."""
