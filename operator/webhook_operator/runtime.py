@@ -14,6 +14,7 @@ from webhook_operator import __version__
 from webhook_operator.apiretry import with_retries
 from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import DeliveryClient, make_client
+from webhook_operator.dns import HostResolver
 from webhook_operator.index import WebhookIndex
 from webhook_operator.kube import KubeClient, load_credentials, resource_path
 from webhook_operator.leader import ElectionConfig, LeaderElector, holder_identity
@@ -86,13 +87,17 @@ def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime
     kube = kube or KubeClient(load_credentials())
     index = WebhookIndex()
     metrics = Metrics()
+    # One bounded, cached resolver for reconciles and deliveries: dead DNS holds few threads (dns.py).
+    resolver = HostResolver()
     client = make_client(
         policy=settings.destination_policy,
         ca_bundle=settings.ca_bundle,
         max_connections=settings.max_concurrency,
         user_agent=USER_AGENT,
+        resolve=resolver,
     )
     webhooks = WebhookController(settings, kube, index, metrics)
+    webhooks.resolve = resolver
     engine = _make_engine(settings, kube, index, metrics, client, webhooks)
     runtime = Runtime(settings, kube, index, metrics, client, webhooks, engine)
     webhooks.is_leader = lambda: runtime.leading
