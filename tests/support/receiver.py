@@ -26,6 +26,7 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     at: float
+    status: int = 200  # what the receiver answered
 
 
 class Receiver:
@@ -34,6 +35,8 @@ class Receiver:
     def __init__(self, ca: trustme.CA) -> None:
         self.requests: list[Received] = []
         self._scripts: dict[str, list[Reply]] = {}
+        # rule(path, headers) -> a Reply, or None for the script's: faults that depend on time (503 for 30 s).
+        self.rule: Callable[[str, dict[str, str]], Reply | None] | None = None
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         receiver = self
@@ -44,11 +47,10 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
-                reply = receiver._next_reply(self.path)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                reply = receiver._next_reply(self.path, headers)
                 with receiver._cond:
-                    receiver.requests.append(
-                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
-                    )
+                    receiver.requests.append(Received(self.path, headers, body, time.time(), reply.status))
                     receiver._cond.notify_all()
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
@@ -82,7 +84,12 @@ class Receiver:
         with self._lock:
             self._scripts[path] = list(replies)
 
-    def _next_reply(self, path: str) -> Reply:
+    def _next_reply(self, path: str, headers: dict[str, str] | None = None) -> Reply:
+        rule = self.rule
+        if rule is not None:
+            reply = rule(path.split("?")[0], headers or {})
+            if reply is not None:
+                return reply
         with self._lock:
             replies = self._scripts.get(path.split("?")[0])
             if not replies:
