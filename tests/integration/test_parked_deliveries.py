@@ -1,6 +1,6 @@
 """The delivery engine in this process against the real API server and real HTTPS receivers: a retry
 due later leaves memory and is read again when due; a hanging webhook's backlog leaves memory
-too, while another webhook's first attempts go on."""
+too, while another webhook's first attempts go on; no attempt starts while status writes fail."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cluster
+from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.kube_helpers import KubectlFn, create, event_manifest
 from tests.support.receiver import Receiver, Reply
 from webhook_operator.delivery.engine import DeliveryEngine, event_path
@@ -163,3 +164,38 @@ async def test_a_hanging_webhooks_backlog_leaves_memory_while_another_webhook_de
         await engine.abort()
         await engine.client.aclose()
         slow.close()
+
+
+async def test_no_new_attempt_starts_while_status_writes_fail(
+    cluster: Cluster, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path, tmp_path: Path
+) -> None:
+    """An attempt whose outcome cannot be recorded would be repeated by the next leader: while status writes
+    meet transient API errors (etcd restarting), deliveries already recorded wait instead of piling up."""
+    proxy = FaultProxy(cluster.kubeconfig)
+    kube = KubeClient(from_kubeconfig([proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")]))
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=3, backoff_seconds=0.2, max_backoff_seconds=1, timeout_seconds=5)
+    index.put(state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10))
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    first, second = (create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(2))
+    try:
+        fault = proxy.add(
+            Fault("PATCH", rf"/apis/webhook-operator\.io/v1alpha1/namespaces/{namespace}/webhookevents/.+/status")
+        )
+        await engine.on_event("ADDED", await kube.get(event_path(namespace, first)) or {})
+        await until(lambda: fault.hits >= 2, within_s=10)  # delivered, and its status write is being retried
+        await engine.on_event("ADDED", await kube.get(event_path(namespace, second)) or {})
+        await asyncio.sleep(2)
+        assert len(receiver.received()) == 1, "an attempt started while its outcome could not be recorded"
+
+        proxy.clear()
+        await until(lambda: len(receiver.received()) == 2, within_s=15)
+        deadline = time.monotonic() + 15
+        while {await phase(kube, namespace, first), await phase(kube, namespace, second)} != {"Delivered"}:
+            assert time.monotonic() < deadline, "not both Delivered once writes succeed"
+            await asyncio.sleep(0.2)
+    finally:
+        await engine.abort()
+        await engine.client.aclose()
+        await kube.close()
+        proxy.close()

@@ -160,6 +160,10 @@ class DeliveryEngine:
         self.max_first_rounds = MAX_FIRST_ROUNDS
         self._capacity = asyncio.Event()  # set when the backlog has shrunk since the last wait
         self._stopping = asyncio.Event()  # set by drain(): no new attempts, no new events
+        # Cleared while status writes meet transient API errors: no new attempt starts then, since its
+        # outcome could not be recorded and the next leader (or this one, relisting) would repeat it.
+        self._recording = asyncio.Event()
+        self._recording.set()
         self.status_writes = 0
 
     # -- watch entry point --------------------------------------------------------------
@@ -384,6 +388,9 @@ class DeliveryEngine:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopping.wait(), min(delay, NOT_READY_RECHECK_S * 30))
                         continue  # the webhook may have changed while we waited
+                if not self._recording.is_set():
+                    await self._until_recording()
+                    continue
                 key = (job.namespace, name)
                 if self._load.get(key, 0) >= self.max_waiting_per_webhook:
                     return _Park(now().timestamp() + BUSY_RECHECK_S, entry["webhook"], busy=key)
@@ -405,6 +412,15 @@ class DeliveryEngine:
             return None
         finally:
             count_pending(None)
+
+    async def _until_recording(self) -> None:
+        """Wait while status writes fail (or until stopping)."""
+        waits = [asyncio.ensure_future(self._recording.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def _live(self, state: WebhookState) -> bool:
         """Whether ``state`` is still the index's webhook of its name: a deleted one's metrics stay gone."""
@@ -505,11 +521,14 @@ class DeliveryEngine:
                     await self.kube.merge_patch(event_path(job.namespace, job.name, "status"), {"status": status})
                 except (ApiError, OSError) as exc:
                     if isinstance(exc, ApiError) and exc.status == 404:
+                        self._recording.set()
                         job.gone = True
                         return
                     if not is_transient(exc):
+                        self._recording.set()
                         log.error("status of %s/%s not written: %s", job.namespace, job.name, exc)
                         return
+                    self._recording.clear()
                     failures += 1
                     delay = backoff_delay(failures, retry_after=retry_after_of(exc))
                     log.warning(
@@ -519,6 +538,7 @@ class DeliveryEngine:
                     await asyncio.sleep(delay)
                     continue
                 self.status_writes += 1
+                self._recording.set()
                 job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
                 job.conditions = status["conditions"]
                 break
