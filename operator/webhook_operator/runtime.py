@@ -43,6 +43,9 @@ class Runtime:
     engine: DeliveryEngine
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # for the whole life of the process
     ingress: IngressServer | None = None  # with --ingress-port
+    # The Lease's own connections: renewals must not queue behind bulk work (2,000 webhooks reconciled
+    # at a take-over kept the shared pool busy past the 10 s renew deadline).
+    lease_kube: KubeClient | None = None
     # The leader part: the WebhookEvent watches, the engine's loops. Started on taking the Lease,
     # stopped on losing it or on shutdown; kopf's Webhook/Secret watches run on every replica.
     leader_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -129,8 +132,9 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
     if not settings.leader_election:
         _start_leader_part(runtime)
         return
+    runtime.lease_kube = KubeClient(runtime.kube.credentials, max_connections=2)
     runtime.elector = LeaderElector(
-        runtime.kube,
+        runtime.lease_kube,
         ElectionConfig(settings.leader_election_namespace, settings.leader_election_id, holder_identity()),
         on_started=lambda: _take_lead(runtime),
         on_stopped=lambda: _lose_lead(runtime),
@@ -243,4 +247,6 @@ async def stop(runtime: Runtime) -> None:
     if runtime.elector is not None:
         await runtime.elector.release()
     await runtime.client.aclose()
+    if runtime.lease_kube is not None:
+        await runtime.lease_kube.close()
     await runtime.kube.close()
