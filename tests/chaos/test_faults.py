@@ -239,7 +239,10 @@ def test_a_hanging_receiver_in_one_namespace_does_not_slow_another(
     slow = Receiver(tls_ca)
     try:
         until = time.time() + 10_000.0
-        slow.rule = lambda path, headers: Reply(delay_s=max(0.0, until - time.time())) if time.time() < until else None
+        # A hanging request is answered (503) only after the operator gave up on it: it never counts as delivered.
+        slow.rule = lambda path, headers: (
+            Reply(status=503, delay_s=max(0.0, until - time.time())) if time.time() < until else None
+        )
         slow_retry = {"maxRetries": 10, "backoffSeconds": 1, "maxBackoffSeconds": 10, "timeoutSeconds": 5}
         start_operator(namespace, "--namespace", other_namespace, *KEEP, env=operator_env())
         make_webhooks(kubectl, other_namespace, slow, 3, retry=slow_retry, prefix="slow")
@@ -344,11 +347,16 @@ def test_2000_webhooks_20_on_hosts_whose_dns_never_answers_at_start_up(
     args = ["--namespace", namespace, "--leader-election-namespace", namespace, "--ca-bundle", str(ca_bundle)]
     args += ["--allow-cidr", "127.0.0.0/8", *KEEP]
     operator = OperatorProcess(
-        cluster.kubeconfig, args, tmp_path / "operator.log", env=operator_env(), wrapper=dns_wrapper(tmp_path)
+        cluster.kubeconfig,
+        args,
+        tmp_path / "operator.log",
+        env=operator_env(),
+        wrapper=dns_wrapper(tmp_path),
+        ready_line="campaigning for Lease",
     )
     started = time.monotonic()
     try:
-        operator.start(timeout=60)  # /healthz answers, the process campaigns or delivers
+        operator.start(timeout=120)  # /healthz answers and every webhook is loaded
         unhealthy = 0
         ready_after = None
         while time.monotonic() - started < 600:
