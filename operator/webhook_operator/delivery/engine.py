@@ -59,6 +59,9 @@ MAX_FIRST_ROUNDS = 10_000
 # A delivery whose retry is due later than this leaves memory: its event is kept as (due, uid) and
 # read again from the API server when due (ParkedEvents); a shorter wait is slept through.
 PARK_AFTER_S = 5.0
+# A status write taking longer than this (etcd down: the API server holds requests) pauses new attempts
+# as a failing one does, until a write goes through.
+WRITE_SLOW_S = 2.0
 # Attempts one webhook may have waiting for (or holding) its own slots; a delivery beyond that leaves
 # memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
 # or hanging endpoint holds neither memory nor the watch for everyone else.
@@ -160,8 +163,8 @@ class DeliveryEngine:
         self.max_first_rounds = MAX_FIRST_ROUNDS
         self._capacity = asyncio.Event()  # set when the backlog has shrunk since the last wait
         self._stopping = asyncio.Event()  # set by drain(): no new attempts, no new events
-        # Cleared while status writes meet transient API errors: no new attempt starts then, since its
-        # outcome could not be recorded and the next leader (or this one, relisting) would repeat it.
+        # Cleared while status writes meet transient API errors or hang (WRITE_SLOW_S): no new attempt
+        # starts then, since its outcome could not be recorded and the next leader would repeat it.
         self._recording = asyncio.Event()
         self._recording.set()
         self.status_writes = 0
@@ -517,6 +520,7 @@ class DeliveryEngine:
                 status = self._status(job, phase)
                 if job.written == status:
                     break
+                slow = asyncio.get_running_loop().call_later(WRITE_SLOW_S, self._recording.clear)
                 try:
                     await self.kube.merge_patch(event_path(job.namespace, job.name, "status"), {"status": status})
                 except (ApiError, OSError) as exc:
@@ -537,6 +541,8 @@ class DeliveryEngine:
                     )
                     await asyncio.sleep(delay)
                     continue
+                finally:
+                    slow.cancel()
                 self.status_writes += 1
                 self._recording.set()
                 job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
