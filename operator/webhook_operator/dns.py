@@ -34,7 +34,9 @@ from webhook_operator.policy import IPAddress, ip_literal
 TIMEOUT_S = 5.0
 TTL_S = 30.0
 NEGATIVE_TTL_S = 10.0
-MAX_LOOKUPS = 16
+# More threads than hosts likely to be dead at once: a lookup queued behind stuck ones would time out
+# too (20 silent names held 16 threads and delayed a live name's deliveries by 33 s).
+MAX_LOOKUPS = 64
 MAX_CACHED_HOSTS = 10_000
 
 Lookup = Callable[[str, int], list[IPAddress]]  # blocking, run in the resolver's threads

@@ -186,7 +186,7 @@ def _api_fault(
     )
     assert operator.running, "the operator exited during the outage"
     assert result.lost == 0 and result.stuck == 0
-    assert result.duplicated <= 2 * 10, "duplicates beyond the attempts one replica has in flight"
+    assert result.duplicated <= 100, "duplicates beyond the attempts one replica has in flight (--max-concurrency)"
 
 
 @long_only
@@ -393,6 +393,7 @@ def test_2000_webhooks_20_on_hosts_whose_dns_never_answers_at_start_up(
         )
         assert operator.running and unhealthy == 0
         assert result.lost == 0 and result.stuck == 0 and result.duplicated == 0
+        assert p99(latencies) < 5.0, "a live host's deliveries waited for the dead hosts' lookups"
     finally:
         operator.stop()
         dns.close()
