@@ -95,3 +95,11 @@ async def test_the_system_lookup_resolves_localhost() -> None:
     resolver = HostResolver(getaddrinfo_addresses)
     assert LOCAL in await resolver("localhost", 443)
     resolver.close()
+
+
+async def test_twenty_dead_names_leave_threads_for_a_live_one_by_default(lookups: Lookups) -> None:
+    resolver = HostResolver(lookups, timeout_s=0.3)
+    results = await asyncio.gather(*(resolver(f"dead{i}.example", 443) for i in range(20)), return_exceptions=True)
+    assert all(isinstance(r, LookupTimeout) for r in results)
+    assert await resolver("alive.example", 443) == [LOCAL], "a live name queued behind the stuck lookups"
+    resolver.close()
