@@ -143,7 +143,9 @@ def test_kill_9_of_the_leader_with_a_standby(
     publisher.join()
     items = wait_settled(cluster.kubeconfig, namespace, events, timeout=600)
     result = tally(items, webhook_uids(cluster.kubeconfig, namespace), [receiver])
-    late = [wid for wid in result.duplicate_ids if result.first_ok_at[wid] > killed_at]
+    # Requests the dying leader had sent may reach the receiver just after killed_at; the standby cannot
+    # deliver anything before it holds the Lease (seconds later), so later first deliveries are its own.
+    late = [wid for wid in result.duplicate_ids if result.first_ok_at[wid] > killed_at + 1.0]
     result.line(
         f"kill -9 of the leader, {events} events x {hooks} webhooks",
         duplicates_first_sent_before_the_kill=len(result.duplicate_ids) - len(late),
