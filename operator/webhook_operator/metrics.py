@@ -76,6 +76,12 @@ class Metrics:
             ["review"],
             registry=r,
         )
+        self.bus_terminated = Counter(
+            PREFIX + "bus_messages_terminated",
+            "Bus messages terminated as undeliverable (reason: subject, json, event, delivery).",
+            ["reason"],
+            registry=r,
+        )
         # Label sets seen per webhook, so that all of a deleted webhook's series can be removed.
         self._extra_labels: dict[Key, set[tuple[Counter, tuple[str, ...]]]] = defaultdict(set)
 

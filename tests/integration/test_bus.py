@@ -1,0 +1,143 @@
+"""Bus mode on a real nats-server (JetStream, file storage), the real API server and real HTTPS receivers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from typing import Any
+
+import pytest
+
+from tests.support.fixtures import StartOperator
+from tests.support.kube_helpers import (
+    KubectlFn,
+    apply,
+    get,
+    metric_value,
+    verify_received,
+    wait_ready,
+    wait_until,
+    webhook_manifest,
+)
+from tests.support.nats import NatsServer, publish, stream_messages
+from tests.support.operator_process import OperatorProcess
+from tests.support.receiver import Receiver, Reply
+from webhook_operator.signing import message_id
+
+pytestmark = pytest.mark.integration
+
+
+def add_webhook(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, name: str, events: list[str], **spec: Any
+) -> str:
+    apply(kubectl, namespace, webhook_manifest(name, receiver.url(f"/{name}"), events, **spec))
+    return str(wait_ready(kubectl, namespace, name)["metadata"]["uid"])
+
+
+def bus_operator(
+    start_operator: StartOperator, namespace: str, nats: NatsServer, *extra: str, standby: bool = False
+) -> OperatorProcess:
+    proc = start_operator(namespace, "--event-bus", nats.url, *extra, standby=standby)
+    wait_until(lambda: "bus: consuming" in proc.log() or None, timeout=30, what="the bus worker to consume")
+    return proc
+
+
+def test_published_event_is_delivered_signed_with_the_cr_mode_body(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    bus_operator(start_operator, namespace, nats_server)
+    uid = add_webhook(kubectl, namespace, receiver, "billing", ["User.*"])
+    add_webhook(kubectl, namespace, receiver, "other", ["Order.Paid"])
+
+    (ack,) = publish(nats_server.url, namespace, {"event": "User.Created", "data": {"id": "u1", "name": "zoë"}})
+
+    (request,) = receiver.wait_for(1, "/billing")
+    body = json.loads(request.body)
+    assert list(body) == ["hookId", "event", "createdAt", "eventId", "data"]
+    assert body["hookId"] == f"{namespace}/billing"
+    assert body["event"] == "User.Created"
+    assert body["data"] == {"id": "u1", "name": "zoë"}
+    assert body["createdAt"].endswith("Z") and len(body["createdAt"]) == 24
+    assert request.headers["webhook-id"] == message_id(body["eventId"], uid)
+    assert request.headers["content-type"] == "application/json"
+    verify_received(kubectl, namespace, receiver.received())
+    assert receiver.received("/other") == []
+    # Every stream is drained: the event was fanned out and the delivery acknowledged.
+    wait_until(lambda: stream_messages(nats_server.url, "WEBHOOK_OPERATOR_DELIVERIES") == 0 or None, timeout=10)
+    assert stream_messages(nats_server.url, "WEBHOOK_OPERATOR_EVENTS") == 0
+    assert ack.seq == 1
+
+
+def test_nats_msg_id_deduplicates_and_is_the_event_id(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    bus_operator(start_operator, namespace, nats_server)
+    add_webhook(kubectl, namespace, receiver, "hook", ["User.Created"])
+    event = {"event": "User.Created", "data": {"n": 1}}
+
+    acks = publish(nats_server.url, namespace, event, event, event, msg_ids=["evt-42", "evt-42", "evt-43"])
+
+    assert [a.duplicate for a in acks] == [None, True, None]
+    requests = receiver.wait_for(2, "/hook")
+    time.sleep(1.0)  # a third request would have come by now
+    ids = sorted(json.loads(r.body)["eventId"] for r in receiver.received("/hook"))
+    assert ids == ["evt-42", "evt-43"]
+    verify_received(kubectl, namespace, requests)
+
+
+def test_bad_messages_are_terminated_and_counted_and_good_ones_still_flow(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    proc = bus_operator(start_operator, namespace, nats_server)
+    add_webhook(kubectl, namespace, receiver, "hook", ["User.Created"])
+
+    publish(
+        nats_server.url,
+        namespace,
+        b"not json {",
+        b"[1, 2]",
+        {"event": "bad name!", "data": {}},
+        {"data": {}},
+        {"event": "User.Created", "data": {"ok": True}},
+    )
+
+    (request,) = receiver.wait_for(1, "/hook")
+    assert json.loads(request.body)["data"] == {"ok": True}
+
+    def counted() -> bool | None:
+        text = proc.metrics()
+        json_bad = metric_value(text, "webhook_operator_bus_messages_terminated_total", reason="json")
+        event_bad = metric_value(text, "webhook_operator_bus_messages_terminated_total", reason="event")
+        return (json_bad, event_bad) == (2.0, 2.0) or None
+
+    wait_until(counted, timeout=10, what="4 terminated messages counted")
+    assert stream_messages(nats_server.url, "WEBHOOK_OPERATOR_EVENTS") == 0
+    assert proc.running
+
+
+def test_retries_with_backoff_then_health_written_by_the_leader(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    bus_operator(start_operator, namespace, nats_server)
+    add_webhook(kubectl, namespace, receiver, "flaky", ["User.Created"])
+    add_webhook(kubectl, namespace, receiver, "down", ["User.Created"])
+    receiver.script("/flaky", Reply(503), Reply(500), Reply(200))
+    receiver.script("/down", Reply(500))
+
+    publish(nats_server.url, namespace, {"event": "User.Created", "data": {}}, msg_ids=["r-1"])
+
+    flaky = receiver.wait_for(3, "/flaky")
+    down = receiver.wait_for(4, "/down")  # maxRetries 3: four attempts
+    assert len({r.headers["webhook-id"] for r in flaky + down}) == 2
+    gaps = [b.at - a.at for a, b in itertools.pairwise(flaky)]
+    assert all(g >= 0.09 for g in gaps), gaps
+
+    def health(name: str) -> dict[str, Any] | None:
+        got = (get(kubectl, namespace, f"webhook/{name}").get("status") or {}).get("health") or {}
+        return got if got.get("requests") == 1 else None
+
+    assert wait_until(lambda: health("flaky"), timeout=20)["succeeded"] == 1
+    assert wait_until(lambda: health("down"), timeout=20)["failed"] == 1
+    time.sleep(1.5)
+    assert len(receiver.received("/down")) == 4  # Failed is final: no fifth attempt
