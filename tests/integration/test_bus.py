@@ -235,3 +235,41 @@ def test_nats_restart_mid_run_loses_nothing(
     data = {json.loads(r.body)["data"]["n"] for r in receiver.received("/hook")}
     assert data == set(range(400))
     assert proc.running
+
+
+# -- request log and the plugin ---------------------------------------------------------------
+def test_request_log_and_plugin_logs_and_redeliver_in_bus_mode(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    bus_operator(start_operator, namespace, nats_server)
+    add_webhook(kubectl, namespace, receiver, "hook", ["User.Created"], retry={"maxRetries": 1, "backoffSeconds": 0.1})
+    receiver.script("/hook", Reply(200), Reply(500), Reply(500), Reply(200))
+
+    publish(nats_server.url, namespace, {"event": "User.Created", "data": {"n": 1}}, msg_ids=["ok-1"])
+    receiver.wait_for(1, "/hook")
+    publish(nats_server.url, namespace, {"event": "User.Created", "data": {"n": 2}}, msg_ids=["bad-1"])
+    receiver.wait_for(3, "/hook")
+    bus = ["-n", namespace, "--event-bus", nats_server.url]
+
+    def table(*extra: str) -> list[list[str]] | None:
+        lines = kubectl("webhooks", "logs", "hook", *bus, *extra).stdout.splitlines()
+        return [line.split()[:5] for line in lines] if len(lines) > 1 else None
+
+    rows = wait_until(lambda: (t := table()) and len(t) == 4 and t, timeout=10)  # header + 3 attempts
+    assert rows[0] == ["TIME", "EVENT", "EVENTID", "OUTCOME", "ATTEMPTS"]
+    assert [r[2:] for r in rows[1:]] == [
+        ["bad-1", "Failed", "2"],
+        ["bad-1", "Retrying", "1"],
+        ["ok-1", "Succeeded", "1"],
+    ]
+    failed = table("--failed")
+    assert failed is not None and [r[2:] for r in failed[1:]] == [["bad-1", "Failed", "2"]]
+
+    result = kubectl("webhooks", "redeliver", "bad-1", *bus, "--wait", "--timeout", "20")
+    assert "1/1 succeeded" in result.stdout
+    requests = receiver.received("/hook")
+    assert len(requests) == 4
+    assert json.loads(requests[-1].body)["eventId"] == "bad-1"
+    assert requests[-1].headers["webhook-id"] == requests[1].headers["webhook-id"], "the same webhook-id"
+    missing = kubectl("webhooks", "redeliver", "ok-1", *bus, check=False)
+    assert missing.returncode == 1 and "no failed delivery" in missing.stderr

@@ -171,6 +171,8 @@ def log_record(
         record["statusCode"] = status_code
     if next_attempt_time:
         record["nextAttemptTime"] = next_attempt_time
+    if delivery.redelivery:
+        record["redelivery"] = delivery.redelivery
     if outcome == "Failed":
         record["delivery"] = json.loads(delivery.encode())
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()

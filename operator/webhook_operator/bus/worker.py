@@ -459,11 +459,7 @@ class BusWorker:
                 with contextlib.suppress(Exception):
                     await msg.ack()
 
-    # -- redelivery and stopping ------------------------------------------------------------
-    async def redeliver(self, delivery: Delivery, requested_at: str) -> None:
-        again = Delivery(**{**delivery.__dict__, "redelivery": requested_at})
-        await self._publish_delivery(again, msg_id=f"{delivery.id}/{requested_at}")
-
+    # -- stopping ----------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
         """No new messages; attempts under way get ``grace_s`` to finish and be recorded."""
         self._stopping.set()
