@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import ssl
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import trustme
 
+from tests.integration.test_ingress import rbac, tls_files
 from tests.support.fixtures import StartOperator
 from tests.support.kube_helpers import (
     KubectlFn,
@@ -22,7 +27,7 @@ from tests.support.kube_helpers import (
     webhook_manifest,
 )
 from tests.support.nats import NatsServer, publish, stream_messages
-from tests.support.operator_process import OperatorProcess
+from tests.support.operator_process import OperatorProcess, free_port
 from tests.support.receiver import Receiver, Reply
 from webhook_operator.signing import message_id
 
@@ -273,3 +278,63 @@ def test_request_log_and_plugin_logs_and_redeliver_in_bus_mode(
     assert requests[-1].headers["webhook-id"] == requests[1].headers["webhook-id"], "the same webhook-id"
     missing = kubectl("webhooks", "redeliver", "ok-1", *bus, check=False)
     assert missing.returncode == 1 and "no failed delivery" in missing.stderr
+
+
+# -- the ingress publishes to the bus ------------------------------------------------------------
+def test_ingress_publishes_to_the_bus_and_answers_503_while_it_is_down(
+    kubectl: KubectlFn,
+    namespace: str,
+    receiver: Receiver,
+    start_operator: StartOperator,
+    nats_server: NatsServer,
+    tls_ca: trustme.CA,
+    ca_bundle: Path,
+    tmp_path: Path,
+) -> None:
+    kubectl("create", "serviceaccount", "publisher", "-n", namespace)
+    for obj in rbac(namespace, namespace, "publisher"):
+        kubectl("apply", "-f", "-", input=json.dumps(obj))
+    token = kubectl("create", "token", "publisher", "-n", namespace, "--duration", "1h").stdout.strip()
+    cert, key = tls_files(tls_ca, tmp_path)
+    port = free_port()
+    bus_operator(
+        start_operator, namespace, nats_server, "--ingress-port", str(port), "--ingress-tls-cert", str(cert),
+        "--ingress-tls-key", str(key),
+    )  # fmt: skip
+    add_webhook(kubectl, namespace, receiver, "hook", ["User.*"])
+    url = f"https://127.0.0.1:{port}/v1/namespaces/{namespace}/events"
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(ca_bundle)), timeout=30) as client:
+        plain = client.post(url, headers=headers, json={"event": "User.Created", "data": {"n": 1}})
+        keyed = client.post(
+            url, headers={**headers, "Idempotency-Key": "k-1"}, json={"event": "User.Updated", "data": {"n": 2}}
+        )
+        again = client.post(
+            url, headers={**headers, "Idempotency-Key": "k-1"}, json={"event": "User.Updated", "data": {"n": 2}}
+        )
+        assert (plain.status_code, keyed.status_code, again.status_code) == (202, 202, 202)
+        assert keyed.json()["eventId"] == again.json()["eventId"] == "k-1"
+        receiver.wait_for(2, "/hook")
+        time.sleep(1.0)
+        ids = sorted(json.loads(r.body)["eventId"] for r in receiver.received("/hook"))
+        assert ids == sorted([plain.json()["eventId"], "k-1"])
+        objects = json.loads(kubectl("get", "webhookevents", "-n", namespace, "-o", "json").stdout)["items"]
+        assert objects == [], "bus mode stores no WebhookEvent"
+
+        nats_server.kill()
+        down = client.post(url, headers=headers, json={"event": "User.Created", "data": {"n": 3}})
+        assert down.status_code == 503
+        assert int(down.headers["Retry-After"]) >= 1
+        nats_server.start()
+        back = wait_until(
+            lambda: (
+                (r := client.post(url, headers=headers, json={"event": "User.Created", "data": {"n": 4}}))
+                and r.status_code == 202
+                and r
+            ),
+            timeout=30,
+            interval=1,
+        )
+        assert back.status_code == 202
+        receiver.wait_for(3, "/hook", timeout=30)
+    verify_received(kubectl, namespace, receiver.received())
