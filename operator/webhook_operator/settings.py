@@ -179,6 +179,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=10_000,
         help="request-log records kept per webhook, oldest dropped first (default 10000)",
     )
+    bus.add_argument("--event-bus-ack-wait", type=parse_duration, default="30s", help=argparse.SUPPRESS)
     bus.add_argument(
         "--event-bus-stream-replicas", type=int, default=1, help="JetStream replicas of each stream (default 1)"
     )
@@ -239,6 +240,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             log_max_bytes=args.event_bus_log_max_bytes,
             log_max_per_webhook=args.event_bus_log_max_per_webhook,
             replicas=args.event_bus_stream_replicas,
+            ack_wait_s=max(1.0, float(args.event_bus_ack_wait)),
         )
     return Settings(
         namespaces=tuple(dict.fromkeys(args.namespace)),

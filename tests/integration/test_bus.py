@@ -199,8 +199,9 @@ def test_three_replicas_share_deliveries_each_by_one_and_health_is_exact(
 def test_sigkill_of_a_replica_mid_delivery_loses_nothing(
     kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
 ) -> None:
-    first = bus_operator(start_operator, namespace, nats_server, env={"POD_NAME": "replica-0"})
-    second = bus_operator(start_operator, namespace, nats_server, standby=True, env={"POD_NAME": "replica-1"})
+    short = ("--event-bus-ack-wait", "5s")  # a dead replica's messages come back after 5 s
+    first = bus_operator(start_operator, namespace, nats_server, *short, env={"POD_NAME": "replica-0"})
+    second = bus_operator(start_operator, namespace, nats_server, *short, standby=True, env={"POD_NAME": "replica-1"})
     for name in ("a", "b"):
         add_webhook(kubectl, namespace, receiver, name, ["User.Created"])
         receiver.script(f"/{name}", Reply(200, delay_s=0.02))
@@ -212,7 +213,7 @@ def test_sigkill_of_a_replica_mid_delivery_loses_nothing(
     victim.kill()
 
     for name in ("a", "b"):
-        wait_until(lambda n=name: len(delivered_ids(receiver, f"/{n}")) >= events or None, timeout=120, interval=1)
+        wait_until(lambda n=name: len(delivered_ids(receiver, f"/{n}")) >= events or None, timeout=60, interval=1)
     for name in ("a", "b"):
         ids = delivered_ids(receiver, f"/{name}")
         duplicates = sum(ids.values()) - len(ids)
@@ -220,6 +221,23 @@ def test_sigkill_of_a_replica_mid_delivery_loses_nothing(
         assert len(ids) == events
         # Only messages the killed replica held can be repeated: at most 2 x --max-concurrency.
         assert duplicates <= 200
+
+
+def test_an_attempt_longer_than_the_ack_wait_stays_with_its_replica(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    short = ("--event-bus-ack-wait", "2s")
+    bus_operator(start_operator, namespace, nats_server, *short, env={"POD_NAME": "replica-0"})
+    bus_operator(start_operator, namespace, nats_server, *short, standby=True, env={"POD_NAME": "replica-1"})
+    add_webhook(kubectl, namespace, receiver, "slow", ["User.Created"], retry={"timeoutSeconds": 10})
+    receiver.script("/slow", Reply(200, delay_s=5.0))
+
+    publish(nats_server.url, namespace, *[{"event": "User.Created", "data": {"n": i}} for i in range(3)])
+
+    receiver.wait_for(3, "/slow", timeout=20)
+    time.sleep(7.0)  # past two ack waits: a message handed to the other replica would be sent again
+    assert len(receiver.received("/slow")) == 3
+    wait_until(lambda: stream_messages(nats_server.url, "WEBHOOK_OPERATOR_DELIVERIES") == 0 or None, timeout=10)
 
 
 def test_nats_restart_mid_run_loses_nothing(

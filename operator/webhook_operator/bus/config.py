@@ -25,6 +25,9 @@ class BusSettings:
     log_max_bytes: int = 1024**3  # ...and at most this much in all...
     log_max_per_webhook: int = 10_000  # ...and this many records per webhook
     replicas: int = 1  # JetStream replicas of the streams (3 on a 3-node NATS cluster)
+    # A message not acknowledged for this long goes to another replica (a crashed one's, say); held
+    # messages get in-progress acks every third of it.
+    ack_wait_s: float = 30.0
 
 
 def _read(path: str | None) -> str | None:

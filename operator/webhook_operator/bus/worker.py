@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -70,10 +70,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A message not acknowledged for this long goes to another replica (a crashed one's, say). Long
-# attempts and deliveries waiting for their webhook's slot are kept with in-progress acks.
-ACK_WAIT_S = 30.0
-KEEPALIVE_S = 10.0
 DELIVERIES_DEDUPE_S = 5 * 60.0  # a fan-out repeated after a crash publishes the same ids within this
 MAX_ACK_PENDING = 20_000  # messages out at once per consumer, across replicas
 FANOUT_BATCH = 100
@@ -108,6 +104,7 @@ class BusWorker:
         # Delivery messages held at once by this replica (attempting, or waiting for a slot).
         self._held = asyncio.Semaphore(settings.max_concurrency * 2)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._held_since: dict[int, tuple[Msg, float]] = {}  # messages held (by id()), for in-progress acks
         self._stopping = asyncio.Event()
         self._stream_created = ""
         self._connecting = asyncio.Lock()
@@ -191,9 +188,10 @@ class BusWorker:
         for stream, durable, filters, max_deliver in consumers:
             consumer = ConsumerConfig(
                 durable_name=durable,
-                ack_policy=AckPolicy.EXPLICIT,
+                # Health acks a folded batch with one ack of its last record.
+                ack_policy=AckPolicy.ALL if durable == HEALTH_CONSUMER else AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=ACK_WAIT_S * (2 if durable == HEALTH_CONSUMER else 1),
+                ack_wait=bus.ack_wait_s * (2 if durable == HEALTH_CONSUMER else 1),
                 max_deliver=max_deliver,
                 max_ack_pending=MAX_ACK_PENDING,
                 max_waiting=512,
@@ -202,7 +200,10 @@ class BusWorker:
                 consumer.filter_subject = filters[0]
             elif filters:
                 consumer.filter_subjects = filters
-            await self.js.add_consumer(stream, consumer)
+            try:
+                await self.js.add_consumer(stream, consumer)
+            except nats.js.errors.BadRequestError as exc:  # e.g. a setting JetStream cannot change in place
+                log.warning("bus: consumer %s kept as it is (%s)", durable, exc.description)
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -210,7 +211,21 @@ class BusWorker:
         await self.connect()
         assert self.js is not None
         log.info("bus: consuming events and deliveries from %s", ", ".join(self.bus.servers))
-        await asyncio.gather(self._fanout_loop(), self._deliver_loop())
+        await asyncio.gather(self._fanout_loop(), self._deliver_loop(), self._keep_alive_loop())
+
+    async def _keep_alive_loop(self) -> None:
+        """In-progress acks for messages held a third of the ack wait, so a slow attempt (or one waiting for
+        its webhook's slot) is not handed to another replica; a dead replica's return after the ack wait."""
+        loop = asyncio.get_running_loop()
+        keepalive = self.bus.ack_wait_s / 3
+        while True:
+            await asyncio.sleep(keepalive / 2)
+            due = loop.time() - keepalive
+            for key, (msg, since) in list(self._held_since.items()):
+                if since <= due and key in self._held_since:
+                    self._held_since[key] = (msg, loop.time())
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
 
     async def _pull(self, durable: str, stream: str) -> JetStreamContext.PullSubscription:
         assert self.js is not None
@@ -306,15 +321,16 @@ class BusWorker:
         task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, msg: Msg) -> None:
+        self._held_since[id(msg)] = (msg, asyncio.get_running_loop().time())
         try:
-            async with keep_alive(msg):
-                await self._deliver_one(msg)
+            await self._deliver_one(msg)
         except asyncio.CancelledError:
             raise
         except Exception:
             # Left unacked: another attempt after the ack wait, with the same webhook-id.
             log.exception("bus: delivery on %s failed unexpectedly", msg.subject[:200])
         finally:
+            self._held_since.pop(id(msg), None)
             self._held.release()
 
     async def _deliver_one(self, msg: Msg) -> None:
@@ -455,9 +471,8 @@ class BusWorker:
                 await webhooks.flush_health()
             except Exception:
                 log.exception("bus: health flush failed")
-            for msg in msgs:
-                with contextlib.suppress(Exception):
-                    await msg.ack()
+            with contextlib.suppress(Exception):
+                await msgs[-1].ack()  # AckPolicy.ALL: the whole batch
 
     # -- stopping ----------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
@@ -501,23 +516,6 @@ def fold_record(index: WebhookIndex, subject: str, payload: bytes) -> bool:
     )
     state.health_dirty = True
     return True
-
-
-@contextlib.asynccontextmanager
-async def keep_alive(msg: Msg) -> AsyncIterator[None]:
-    """In-progress acks while a message is held, so a slow attempt is not handed to another replica."""
-
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(KEEPALIVE_S)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
-    ticker = asyncio.create_task(tick())
-    try:
-        yield
-    finally:
-        ticker.cancel()
 
 
 def _free(semaphore: asyncio.Semaphore) -> int:
