@@ -461,18 +461,25 @@ class BusWorker:
         await self.ready.wait()
         sub = await self._pull(HEALTH_CONSUMER, LOG_STREAM)
         interval = self.settings.health_flush_s
+        loop = asyncio.get_running_loop()
         while True:
-            msgs = await self._fetch(sub, 1000, interval)
-            if not msgs:
+            # Records of one flush interval, however many batches they come in: one status write per
+            # webhook per interval, as in CR mode.
+            flush_at = loop.time() + interval
+            last: Msg | None = None
+            while (left := flush_at - loop.time()) > 0:
+                msgs = await self._fetch(sub, 1000, max(left, 0.05))
+                for msg in msgs:
+                    fold_record(self.index, msg.subject, msg.data)
+                last = msgs[-1] if msgs else last
+            if last is None:
                 continue
-            for msg in msgs:
-                fold_record(self.index, msg.subject, msg.data)
             try:
                 await webhooks.flush_health()
             except Exception:
                 log.exception("bus: health flush failed")
             with contextlib.suppress(Exception):
-                await msgs[-1].ack()  # AckPolicy.ALL: the whole batch
+                await last.ack()  # AckPolicy.ALL: everything folded and flushed
 
     # -- stopping ----------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
