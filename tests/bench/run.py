@@ -304,7 +304,7 @@ async def run(args: argparse.Namespace, plane: ControlPlane, workdir: Path) -> d
             assert server.proc is not None
             nats_pid = server.proc.pid
             flags = ("--event-bus", server.url, "--leader-election-namespace", namespace, "--event-ttl", "0")
-            started.append(operator(namespace, *flags))
+            started.append(operator(namespace, *flags, profile=workdir / "profile-bus.txt" if args.profile else None))
             figures["bus_webhooks_ready_s"] = await phases.setup_webhooks(
                 ctx, namespace, args.webhooks, lambda i: phases.bench_subscriptions(i, params.paced_webhooks)
             )
