@@ -321,7 +321,13 @@ class WebhookController:
 
     def _follow_health(self, state: WebhookState, status: dict[str, Any]) -> None:
         written = status.get("health")
+        suspended = state.suspended
         state.auto_disable = auto_disable_from_status(status.get("autoDisable"))
+        if state.suspended != suspended:
+            ready = state.ready and not state.suspended
+            self.metrics.webhook_state(
+                state.namespace, state.name, enabled=state.spec.enabled, ready=ready, suspended=state.suspended
+            )
         state.health = HealthWindow.from_status(written)
         state.health_dirty = False
         self.metrics.health(state.namespace, state.name, state.health.summary(now()))

@@ -123,3 +123,31 @@ def test_after_failing_for_zero_never_suspends(
         assert send_event(kubectl, namespace, "User.Created", {"n": n})["status"]["phase"] == "Failed"
     assert len(receiver.received("/never")) == 2
     assert condition(get(kubectl, namespace, "webhook/never"), "Ready")["status"] == "True"  # type: ignore[index]
+
+
+def test_a_standby_follows_the_leaders_suspension_and_keeps_it_when_it_takes_over(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator
+) -> None:
+    leader = start_operator(namespace, env={"POD_NAME": "replica-a"})
+    standby = start_operator(namespace, standby=True, env={"POD_NAME": "replica-b"})
+    receiver.script("/gone", Reply(410))
+    apply(kubectl, namespace, webhook_manifest("gone", receiver.url("/gone")))
+    wait_ready(kubectl, namespace, "gone")
+    send_event(kubectl, namespace, "User.Created", {"n": 1})
+    wait_for_condition(kubectl, namespace, "webhook/gone", "Ready", "False", reason="AutoDisabled")
+    labels = {"namespace": namespace, "webhook": "gone"}
+    # Decided and counted by the leader only; the standby shows the suspension it read from status.
+    assert metric_value(leader.metrics(), "webhook_operator_webhook_auto_disabled_total", reason="Gone", **labels) == 1
+    assert (
+        metric_value(standby.metrics(), "webhook_operator_webhook_auto_disabled_total", reason="Gone", **labels) is None
+    )
+    assert wait_until(
+        lambda: metric_value(standby.metrics(), "webhook_operator_webhook_suspended", **labels) == 1,
+        what="the standby to follow the suspension",
+    )
+
+    leader.stop()  # releases the Lease: the standby takes over
+    wait_until(lambda: metric_value(standby.metrics(), "webhook_operator_leader") == 1, what="the take-over")
+    assert send_event(kubectl, namespace, "User.Created", {"n": 2})["status"]["phase"] == "NoSubscribers"
+    assert len(receiver.received("/gone")) == 1
+    assert condition(get(kubectl, namespace, "webhook/gone"), "Ready")["reason"] == "AutoDisabled"  # type: ignore[index]
