@@ -3,6 +3,7 @@ a session per TLS configuration, shared and released; material checked without l
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -87,3 +88,13 @@ def test_unusable_material_is_refused_without_quoting_it(server_ca: trustme.CA, 
     with pytest.raises(TLSMaterialError, match="not a PEM CA certificate"):
         check_tls_material(TLSMaterial(ca_pem="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
     assert "BEGIN" not in repr(mismatched)
+
+
+async def test_concurrent_first_attempts_build_one_session(
+    server_ca: trustme.CA, client_ca: trustme.CA, mtls: Receiver
+) -> None:
+    one = material(server_ca, client_ca.issue_cert("one.example"))
+    async with make_client(policy=LOOPBACK_ALLOWED, user_agent="t") as client:
+        answers = await asyncio.gather(*(client.post(mtls.url(), b"{}", {}, tls=one) for _ in range(5)))
+        assert [a.status for a in answers] == [200] * 5
+        assert client.tls_pools == 1

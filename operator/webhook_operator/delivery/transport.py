@@ -206,6 +206,7 @@ class DeliveryClient:
         self._session: aiohttp.ClientSession | None = None
         self._tls_pools: dict[str, _TLSPool] = {}  # by TLSMaterial.fingerprint
         self._closing: set[asyncio.Task[None]] = set()
+        self._tls_building: dict[str, asyncio.Future[ssl.SSLContext]] = {}
         self._targets: dict[str, URL | BlockedDestinationError] = {}
 
     def _new_session(self, ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
@@ -226,18 +227,32 @@ class DeliveryClient:
             auto_decompress=True,
         )
 
-    def _tls_pool(self, material: TLSMaterial) -> _TLSPool:
+    async def _tls_pool(self, material: TLSMaterial) -> _TLSPool:
         """The session of one TLS configuration: webhooks with the same CA and client certificate share
         its connections; a rotated Secret has a new fingerprint, so new connections use the new material
         while attempts already running finish on the old session, closed once idle."""
         key = material.fingerprint
         pool = self._tls_pools.get(key)
         if pool is None:
-            # On top of what every delivery trusts (system CAs, --ca-bundle): verification stays on.
-            context = load_tls_material(make_ssl_context(self.ca_bundle), material)
-            pool = self._tls_pools[key] = _TLSPool(self._new_session(context))
+            # Loading the system CAs takes about 50 ms: built in a thread, once per configuration.
+            building = self._tls_building.get(key)
+            if building is None:
+                building = self._tls_building[key] = asyncio.ensure_future(
+                    asyncio.to_thread(self._tls_context, material)
+                )
+            try:
+                context = await asyncio.shield(building)
+            finally:
+                self._tls_building.pop(key, None)
+            pool = self._tls_pools.get(key)
+            if pool is None:
+                pool = self._tls_pools[key] = _TLSPool(self._new_session(context))
         self._close_idle_pools(keep=key)
         return pool
+
+    def _tls_context(self, material: TLSMaterial) -> ssl.SSLContext:
+        # On top of what every delivery trusts (system CAs, --ca-bundle): verification stays on.
+        return load_tls_material(make_ssl_context(self.ca_bundle), material)
 
     def _close_idle_pools(self, keep: str) -> None:
         cutoff = time.monotonic() - TLS_POOL_IDLE_SECONDS
@@ -272,7 +287,7 @@ class DeliveryClient:
         if tls is None:
             return await self._post(self._open(), url, body, headers, timeout_s)
         try:
-            pool = self._tls_pool(tls)
+            pool = await self._tls_pool(tls)
         except TLSMaterialError as exc:  # checked at reconcile; only a race with a rotation gets here
             raise DeliveryConnectError(f"TLS error: {exc}") from None
         pool.in_use += 1
