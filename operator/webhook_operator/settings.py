@@ -56,6 +56,7 @@ class Settings:
     ingress_tls_cert: str | None = None
     ingress_tls_key: str | None = None
     ingress_max_body_bytes: int = 64 * 1024
+    auto_disable_after_s: float = 120 * 3600.0  # Svix's 5 days; 0: never
 
 
 _DNS_SUBDOMAIN_RE = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -133,6 +134,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ingress-max-body-bytes", type=int, default=64 * 1024, help="larger requests get 413 (default 65536)"
     )
+    parser.add_argument(
+        "--auto-disable-after",
+        type=parse_duration,
+        default="120h",
+        help="suspend a webhook whose every attempt has failed for this long (default 120h; 0 never); "
+        "a Webhook's spec.autoDisable.afterFailingFor overrides it",
+    )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -191,4 +199,5 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ingress_tls_cert=args.ingress_tls_cert,
         ingress_tls_key=args.ingress_tls_key,
         ingress_max_body_bytes=args.ingress_max_body_bytes,
+        auto_disable_after_s=float(args.auto_disable_after),
     )
