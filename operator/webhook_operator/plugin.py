@@ -1,4 +1,4 @@
-"""`kubectl webhooks`: test, logs, rotate-key and redeliver for people at a terminal."""
+"""`kubectl webhooks`: test, logs, rotate-key, redeliver and resume for people at a terminal."""
 
 from __future__ import annotations
 
@@ -16,7 +16,13 @@ from kubernetes.client.exceptions import ApiException
 
 from webhook_operator import GROUP, VERSION
 from webhook_operator.bus.config import BusSettings
-from webhook_operator.model import REDELIVER_ANNOTATION, ROTATE_ANNOTATION, TEST_ANNOTATION, parse_time
+from webhook_operator.model import (
+    REDELIVER_ANNOTATION,
+    RESUME_ANNOTATION,
+    ROTATE_ANNOTATION,
+    TEST_ANNOTATION,
+    parse_time,
+)
 from webhook_operator.settings import parse_duration
 
 
@@ -276,6 +282,31 @@ def cmd_redeliver(api: Any, args: argparse.Namespace) -> int:
     return 0 if status.get("phase") in ("Delivered", "NoSubscribers") else 1
 
 
+def cmd_resume(api: Any, args: argparse.Namespace) -> int:
+    try:
+        current = api.get_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhooks", args.name)
+    except ApiException as exc:
+        raise _explain(exc, "Webhook", args.name, args.namespace) from exc
+    suspended = bool(((current.get("status") or {}).get("autoDisable") or {}).get("disabledAt"))
+    value = _annotate(api, "webhooks", "Webhook", args.namespace, args.name, RESUME_ANNOTATION)
+    if not suspended:
+        print(f"webhook {args.namespace}/{args.name} is not auto-disabled; nothing to resume")
+        return 0
+    if not args.wait:
+        print(f"resume requested for webhook {args.namespace}/{args.name} ({value})")
+        return 0
+    _wait_for(
+        api,
+        "webhooks",
+        args.namespace,
+        args.name,
+        lambda o: not ((o.get("status") or {}).get("autoDisable") or {}).get("disabledAt"),
+        args.timeout,
+    )
+    print(f"webhook {args.namespace}/{args.name} resumed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubectl webhooks", description="Work with webhook-operator Webhooks.")
     parser.add_argument("-n", "--namespace", default=None, help="namespace (default: the context's)")
@@ -293,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     redeliver = sub.add_parser("redeliver", help="deliver an event again to every webhook whose delivery failed")
     redeliver.add_argument("event", help="the WebhookEvent's name; in bus mode, the eventId")
     redeliver.add_argument("--wait", action="store_true")
+    resume = sub.add_parser("resume", help="deliver again to a webhook the operator auto-disabled")
+    resume.add_argument("name")
+    resume.add_argument("--wait", action="store_true", help="wait until the operator has resumed it")
     for p in (logs, redeliver):
         bus = p.add_argument_group("bus mode (the request log is read from NATS directly)")
         bus.add_argument(
@@ -311,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         bus.add_argument("--event-bus-tls-ca", default=None, metavar="FILE")
         bus.add_argument("--event-bus-tls-cert", default=None, metavar="FILE")
         bus.add_argument("--event-bus-tls-key", default=None, metavar="FILE")
-    for p in (test, logs, rotate, redeliver):
+    for p in (test, logs, rotate, redeliver, resume):
         p.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
     return parser
@@ -319,7 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"test": cmd_test, "logs": cmd_logs, "rotate-key": cmd_rotate, "redeliver": cmd_redeliver}
+    commands = {
+        "test": cmd_test,
+        "logs": cmd_logs,
+        "rotate-key": cmd_rotate,
+        "redeliver": cmd_redeliver,
+        "resume": cmd_resume,
+    }
     try:
         api, default_namespace = _api()
         args.namespace = args.namespace or default_namespace

@@ -79,6 +79,7 @@ def _make_engine(
         metrics,
         client,
         on_delivery_final=lambda state, ok, code: webhooks.delivery_completed(state, succeeded=ok, status_code=code),
+        on_attempt=webhooks.attempt_done,
     )
     webhooks.send_test = engine.send_test
     return engine
@@ -88,6 +89,7 @@ def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime
     kube = kube or KubeClient(load_credentials())
     index = WebhookIndex()
     metrics = Metrics()
+    index.on_filtered_out = lambda state, error: metrics.filtered_out(state.namespace, state.name, error is not None)
     client = make_client(
         policy=settings.destination_policy,
         ca_bundle=settings.ca_bundle,

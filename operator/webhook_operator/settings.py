@@ -58,6 +58,7 @@ class Settings:
     ingress_tls_key: str | None = None
     ingress_max_body_bytes: int = 64 * 1024
     event_bus: BusSettings | None = None  # bus mode (--event-bus)
+    auto_disable_after_s: float = 120 * 3600.0  # Svix's 5 days; 0: never
 
 
 _DNS_SUBDOMAIN_RE = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -183,6 +184,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     bus.add_argument(
         "--event-bus-stream-replicas", type=int, default=1, help="JetStream replicas of each stream (default 1)"
     )
+    parser.add_argument(
+        "--auto-disable-after",
+        type=parse_duration,
+        default="120h",
+        help="suspend a webhook whose every attempt has failed for this long (default 120h; 0 never); "
+        "a Webhook's spec.autoDisable.afterFailingFor overrides it",
+    )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -268,4 +276,5 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ingress_tls_key=args.ingress_tls_key,
         ingress_max_body_bytes=args.ingress_max_body_bytes,
         event_bus=event_bus,
+        auto_disable_after_s=float(args.auto_disable_after),
     )

@@ -26,12 +26,14 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     at: float
+    client_cert: str = ""  # the client certificate's first subjectAltName, when one was presented
 
 
 class Receiver:
-    """HTTPS on 127.0.0.1 with a trustme certificate for 127.0.0.1 and localhost."""
+    """HTTPS on 127.0.0.1 with a trustme certificate for 127.0.0.1 and localhost; with ``client_ca``,
+    only clients presenting a certificate of that CA complete the handshake (mTLS)."""
 
-    def __init__(self, ca: trustme.CA) -> None:
+    def __init__(self, ca: trustme.CA, *, client_ca: trustme.CA | None = None) -> None:
         self.requests: list[Received] = []
         self._scripts: dict[str, list[Reply]] = {}
         self._lock = threading.Lock()
@@ -45,9 +47,17 @@ class Receiver:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 reply = receiver._next_reply(self.path)
+                peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+                names = [value for _, value in (peer or {}).get("subjectAltName", ())]
                 with receiver._cond:
                     receiver.requests.append(
-                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, time.time())
+                        Received(
+                            self.path,
+                            {k.lower(): v for k, v in self.headers.items()},
+                            body,
+                            time.time(),
+                            str(names[0]) if names else "",
+                        )
                     )
                     receiver._cond.notify_all()
                 if reply.delay_s:
@@ -69,6 +79,9 @@ class Receiver:
         self._server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        if client_ca is not None:
+            client_ca.configure_trust(context)
+            context.verify_mode = ssl.CERT_REQUIRED
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -24,6 +24,7 @@ from webhook_operator.bus.messages import (
 )
 from webhook_operator.bus.requestlog import finished, log_rows, to_redeliver
 from webhook_operator.bus.worker import fold_record
+from webhook_operator.delivery.attempt import AttemptResult
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.model import parse_webhook_spec
 from webhook_operator.settings import add_run_arguments, settings_from_args
@@ -196,3 +197,25 @@ def test_connect_options_build_a_tls_context_with_the_ca_and_client_certificate(
         BusSettings(servers=("tls://a:4222",), tls_ca=str(ca_path), tls_cert=str(cert_path), tls_key=str(cert_path))
     )
     assert isinstance(options["tls"], ssl.SSLContext)
+
+
+def test_fold_record_hands_every_attempt_to_auto_disable_and_skips_what_was_never_sent() -> None:
+    index = WebhookIndex()
+    index.put(state())
+    subject = log_subject("shop", "billing.v2")
+    seen: list[tuple[int | None, bool]] = []
+
+    def on_attempt(_: WebhookState, result: AttemptResult) -> None:
+        seen.append((result.status_code, result.succeeded))
+
+    retry = record("Retrying", time="2026-01-02T03:00:00.000Z", status_code=410)
+    assert not fold_record(index, subject, json.dumps(retry).encode(), on_attempt=on_attempt)
+    ok = record("Succeeded", time="2026-01-02T03:00:01.000Z", attempts=2)
+    assert fold_record(index, subject, json.dumps(ok).encode(), on_attempt=on_attempt)
+    never = record("Failed", time="2026-01-02T03:00:02.000Z", attempts=0, status_code=None)
+    assert not fold_record(index, subject, json.dumps(never).encode(), on_attempt=on_attempt)
+    assert seen == [(410, False), (200, True)]
+    got = index.get("shop", "billing.v2")
+    assert got is not None
+    summary = got.health.summary(dt.datetime(2026, 1, 2, 3, 5, tzinfo=dt.UTC))
+    assert (summary.succeeded, summary.failed) == (1, 0)

@@ -58,6 +58,7 @@ from webhook_operator.bus.messages import (
 from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.engine import NOT_READY, waiting_reason
 from webhook_operator.delivery.transport import DeliveryClient
+from webhook_operator.filter import filter_input
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.metrics import Metrics
 from webhook_operator.model import format_time, format_time_ms, now, parse_time
@@ -266,6 +267,7 @@ class BusWorker:
             self._stream_created, meta.sequence.stream
         )
         created_at = format_created_at(meta.timestamp)
+        payload = filter_input(published.event, event_id, created_at, published.data)
         deliveries = [
             Delivery(
                 namespace=published.namespace,
@@ -277,7 +279,7 @@ class BusWorker:
                 created_at=created_at,
                 data=published.data,
             )
-            for target in self.index.subscribers(published.namespace, published.event)
+            for target in self.index.subscribers(published.namespace, published.event, payload)
         ]
         try:
             await asyncio.gather(*(self._publish_delivery(d) for d in deliveries))
@@ -470,7 +472,7 @@ class BusWorker:
             while (left := flush_at - loop.time()) > 0:
                 msgs = await self._fetch(sub, 1000, max(left, 0.05))
                 for msg in msgs:
-                    fold_record(self.index, msg.subject, msg.data)
+                    fold_record(self.index, msg.subject, msg.data, on_attempt=webhooks.attempt_done)
                 last = msgs[-1] if msgs else last
             if last is None:
                 continue
@@ -504,20 +506,32 @@ class BusWorker:
                 await self.nc.close()
 
 
-def fold_record(index: WebhookIndex, subject: str, payload: bytes) -> bool:
-    """Count one request-log record in its webhook's health if it is final; True when counted."""
+def fold_record(
+    index: WebhookIndex,
+    subject: str,
+    payload: bytes,
+    on_attempt: Callable[[WebhookState, AttemptResult], None] | None = None,
+) -> bool:
+    """Fold one request-log record (of any replica) into its webhook: every attempt goes to ``on_attempt``
+    (auto-disable follows failures), a final outcome into health; True when counted in health."""
     key = log_subject_key(subject)
     try:
         record = json.loads(payload)
     except ValueError:
         return False
-    if key is None or not isinstance(record, dict) or record.get("outcome") not in FINAL:
+    if key is None or not isinstance(record, dict):
         return False
     state = index.get(*key)
     if state is None or state.uid != record.get("webhookUid"):
         return False
-    when = parse_time(record.get("time")) or now()
     code = record.get("statusCode")
+    if on_attempt is not None and int(record.get("attempts") or 0) > 0:
+        status = code if isinstance(code, int) else None
+        failure = None if status is not None else "error"
+        on_attempt(state, AttemptResult(status, failure, str(record.get("error") or ""), 0.0, "", None))
+    if record.get("outcome") not in FINAL or int(record.get("attempts") or 0) == 0:
+        return False  # "not delivered" (webhook deleted, disabled): no attempt, not counted, as in CR mode
+    when = parse_time(record.get("time")) or now()
     state.health.record(
         when, succeeded=record["outcome"] == "Succeeded", status_code=code if isinstance(code, int) else None
     )
