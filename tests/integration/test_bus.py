@@ -22,6 +22,7 @@ from tests.support.kube_helpers import (
     get,
     metric_value,
     verify_received,
+    wait_for_condition,
     wait_ready,
     wait_until,
     webhook_manifest,
@@ -356,3 +357,37 @@ def test_ingress_publishes_to_the_bus_and_answers_503_while_it_is_down(
         assert back.status_code == 202
         receiver.wait_for(3, "/hook", timeout=30)
     verify_received(kubectl, namespace, receiver.received())
+
+
+# -- delivery controls in bus mode -----------------------------------------------------------------
+def test_filter_applies_at_fan_out_and_a_410_answered_to_any_replica_suspends_the_webhook(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    leader = bus_operator(start_operator, namespace, nats_server, env={"POD_NAME": "replica-0"})
+    standby = bus_operator(start_operator, namespace, nats_server, standby=True, env={"POD_NAME": "replica-1"})
+    add_webhook(kubectl, namespace, receiver, "pro", ["User.*"], filter='event.data.plan == "pro"')
+    add_webhook(kubectl, namespace, receiver, "gone", ["Order.Paid"])
+    receiver.script("/gone", Reply(410, b"gone"))
+
+    publish(
+        nats_server.url,
+        namespace,
+        {"event": "User.Created", "data": {"plan": "free"}},
+        {"event": "User.Created", "data": {"plan": "pro"}},
+        *[{"event": "Order.Paid", "data": {"n": i}} for i in range(4)],
+    )
+
+    (request,) = receiver.wait_for(1, "/pro")
+    assert json.loads(request.body)["data"] == {"plan": "pro"}
+    suspended = wait_for_condition(kubectl, namespace, "webhook/gone", "Ready", "False", reason="AutoDisabled")
+    assert suspended["status"]["autoDisable"]["reason"] == "Gone"
+    time.sleep(1.0)
+    assert receiver.received("/pro") == [request], "the free-plan event was filtered out"
+    gone = receiver.received("/gone")
+    assert 1 <= len(gone) <= 4  # attempts already under way when the leader suspended it
+    # The 410 may have been answered to either replica: the leader decided from the request log.
+    attempts = [
+        metric_value(p.metrics(), "webhook_operator_delivery_attempts_total", webhook="gone", code="4xx") or 0.0
+        for p in (leader, standby)
+    ]
+    assert sum(attempts) == len(gone)
