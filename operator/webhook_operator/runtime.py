@@ -61,6 +61,7 @@ class Runtime:
             leading=self.leading,
             watches_listed=watching and running,
             api_age_s=self.kube.seconds_since_response(),
+            bus_connected=None if self.bus is None else self.bus.connected(),
         )
 
 

@@ -250,10 +250,12 @@ def test_nats_restart_mid_run_loses_nothing(
     publish(nats_server.url, namespace, *[{"event": "User.Created", "data": {"n": i}} for i in range(300)])
     receiver.wait_for(50, "/hook", timeout=60)
 
+    assert proc.probe("/readyz") == 200
     nats_server.kill()
-    time.sleep(2.0)
+    wait_until(lambda: proc.probe("/readyz") == 503 or None, timeout=10, what="not ready while NATS is down")
     nats_server.start()
     publish(nats_server.url, namespace, *[{"event": "User.Created", "data": {"n": i}} for i in range(300, 400)])
+    wait_until(lambda: proc.probe("/readyz") == 200 or None, timeout=20, what="ready again")
 
     wait_until(lambda: len(delivered_ids(receiver, "/hook")) >= 400 or None, timeout=120, interval=1)
     data = {json.loads(r.body)["data"]["n"] for r in receiver.received("/hook")}

@@ -19,7 +19,7 @@ class NatsEventSink:
 
     async def publish(self, namespace: str, event: str, data: Any, event_id: str | None) -> str:
         js = self.worker.js
-        if js is None or not self.worker.ready.is_set() or self.worker.nc is None or not self.worker.nc.is_connected:
+        if js is None or not self.worker.connected():
             raise SinkUnavailable("the event bus is not connected", retry_after_s=2)
         # Without a client id one is made here: the eventId answered is the one delivered.
         event_id = event_id or str(uuid.uuid4())

@@ -136,6 +136,10 @@ class BusWorker:
                 await asyncio.sleep(RECONNECT_S)
         self.ready.set()
 
+    def connected(self) -> bool:
+        """Streams declared and the connection up (a reconnecting client is not)."""
+        return self.ready.is_set() and self.nc is not None and self.nc.is_connected
+
     async def _declare(self) -> None:
         assert self.js is not None
         bus = self.bus
