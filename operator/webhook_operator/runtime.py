@@ -226,6 +226,8 @@ async def _step_down(runtime: Runtime) -> None:
     if runtime.leading:  # not lost meanwhile
         try:
             await runtime.webhooks.flush_health(everything=True)
+            if runtime.bus is not None:
+                await runtime.bus.ack_folded()  # written: the next leader must not count them again
         except Exception:  # shutting down: report, do not mask the exit
             log.exception("final health flush failed")
     runtime.leading = False
@@ -251,13 +253,19 @@ async def stop(runtime: Runtime) -> None:
     if runtime.ingress is not None:
         await runtime.ingress.stop()
     runtime.stopping = True
+
+    async def leader_part() -> None:
+        if runtime.leading:
+            await _step_down(runtime)
+        else:
+            await _cancel(runtime.leader_tasks)
+            await runtime.engine.abort()
+
+    # Side by side, so that both fit in one --shutdown-grace.
+    drains = [leader_part()]
     if runtime.bus is not None:
-        await runtime.bus.drain(runtime.settings.shutdown_grace_s)
-    if runtime.leading:
-        await _step_down(runtime)
-    else:
-        await _cancel(runtime.leader_tasks)
-        await runtime.engine.abort()
+        drains.append(runtime.bus.drain(runtime.settings.shutdown_grace_s))
+    await asyncio.gather(*drains)
     await _cancel(runtime.tasks)
     if runtime.bus is not None:
         await runtime.bus.close()

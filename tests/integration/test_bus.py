@@ -393,3 +393,30 @@ def test_filter_applies_at_fan_out_and_a_410_answered_to_any_replica_suspends_th
         for p in (leader, standby)
     ]
     assert sum(attempts) == len(gone)
+
+
+def test_sigterm_of_the_leader_mid_run_keeps_health_exact_across_the_hand_over(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    short = ("--event-bus-ack-wait", "5s")
+    first = bus_operator(start_operator, namespace, nats_server, *short, env={"POD_NAME": "replica-0"})
+    bus_operator(start_operator, namespace, nats_server, *short, standby=True, env={"POD_NAME": "replica-1"})
+    add_webhook(kubectl, namespace, receiver, "hook", ["User.Created"])
+    receiver.script("/hook", Reply(200, delay_s=0.01))
+    events = 400
+
+    publish(nats_server.url, namespace, *[{"event": "User.Created", "data": {"n": i}} for i in range(events)])
+    receiver.wait_for(100, "/hook", timeout=60)
+    first.stop()  # SIGTERM: attempts under way finish and are recorded, health flushed, Lease released
+
+    wait_until(lambda: len(delivered_ids(receiver, "/hook")) >= events or None, timeout=60, interval=1)
+    ids = delivered_ids(receiver, "/hook")
+    assert len(ids) == events and sum(ids.values()) == events, "nothing lost, nothing sent twice"
+
+    def health() -> dict[str, Any] | None:
+        got = (get(kubectl, namespace, "webhook/hook").get("status") or {}).get("health") or {}
+        return got if got.get("requests", 0) >= events else None
+
+    assert wait_until(health, timeout=30)["requests"] == events
+    time.sleep(2.0)  # a record counted twice would show in the next flush
+    assert (get(kubectl, namespace, "webhook/hook")["status"]["health"])["requests"] == events

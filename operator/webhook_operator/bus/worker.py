@@ -105,6 +105,7 @@ class BusWorker:
         # Delivery messages held at once by this replica (attempting, or waiting for a slot).
         self._held = asyncio.Semaphore(settings.max_concurrency * 2)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._folded: Msg | None = None  # last health record folded into memory and not acked yet
         self._held_since: dict[int, tuple[Msg, float]] = {}  # messages held (by id()), for in-progress acks
         self._stopping = asyncio.Event()
         self._stream_created = ""
@@ -478,14 +479,22 @@ class BusWorker:
                 for msg in msgs:
                     fold_record(self.index, msg.subject, msg.data, on_attempt=webhooks.attempt_done)
                 last = msgs[-1] if msgs else last
+                self._folded = last
             if last is None:
                 continue
             try:
                 await webhooks.flush_health()
             except Exception:
                 log.exception("bus: health flush failed")
+            await self.ack_folded()
+
+    async def ack_folded(self) -> None:
+        """Ack every record folded so far (AckPolicy.ALL); called once they are written to status, e.g.
+        after the final health flush of a clean shutdown, so the next leader does not count them again."""
+        folded, self._folded = self._folded, None
+        if folded is not None:
             with contextlib.suppress(Exception):
-                await last.ack()  # AckPolicy.ALL: everything folded and flushed
+                await folded.ack()
 
     # -- stopping ----------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
