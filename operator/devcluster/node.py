@@ -591,27 +591,3 @@ class Node:
                     subprocess.run([command, "-t", table, "-F", chain], capture_output=True, check=False)
                 for chain in (r.split()[1] for r in ours):
                     subprocess.run([command, "-t", table, "-X", chain], capture_output=True, check=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from devcluster.controlplane import ControlPlane, ControlPlaneError
-
-    parser = argparse.ArgumentParser(prog="python -m devcluster node", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--state-dir", default=".cluster", type=Path)
-    args = parser.parse_args(argv)
-    node = Node(ControlPlane(args.state_dir.resolve()))
-    try:
-        if args.action == "up":
-            node.up()
-        elif args.action == "down":
-            node.down()
-        else:
-            print("running" if node.running() else "stopped")
-            return 0 if node.running() else 1
-    except (NodeError, ControlPlaneError, binaries.BinariesUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
