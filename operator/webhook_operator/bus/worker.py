@@ -76,6 +76,7 @@ MAX_ACK_PENDING = 20_000  # messages out at once per consumer, across replicas
 FANOUT_BATCH = 100
 RECONNECT_S = 2.0
 NOT_READY_RECHECK_S = 1.0
+PUBLISH_TIMEOUT_S = 5.0
 
 
 class BusUnavailable(Exception):
@@ -127,7 +128,10 @@ class BusWorker:
                 failures += 1
                 log.warning("bus: cannot connect to %s (%s); trying again", ", ".join(self.bus.servers), exc)
                 await asyncio.sleep(min(RECONNECT_S * failures, 15.0))
-        self.js = self.nc.jetstream(timeout=5)
+        self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+        # The reply subscription of publish_async, set up once here: set up by two first callers at
+        # once, it would lose the first one's acks.
+        await self.js._init_async_reply()
         while True:
             try:
                 await self._declare()
@@ -287,7 +291,8 @@ class BusWorker:
             for target in self.index.subscribers(published.namespace, published.event, payload)
         ]
         try:
-            await asyncio.gather(*(self._publish_delivery(d) for d in deliveries))
+            # Pipelined: every delivery is sent, then the acks are awaited together.
+            await self._stored([await self._publish_delivery(d) for d in deliveries])
             await msg.ack()
         except Exception as exc:
             # Not acked: the event comes back (here or to another replica) and its deliveries are
@@ -296,13 +301,26 @@ class BusWorker:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
 
-    async def _publish_delivery(self, delivery: Delivery, msg_id: str | None = None) -> None:
+    async def _publish_delivery(self, delivery: Delivery) -> asyncio.Future[Any]:
         assert self.js is not None
-        await self.js.publish(
+        return await self.js.publish_async(
             deliveries_subject(delivery.namespace, delivery.webhook),
             delivery.encode(),
-            headers={MSG_ID_HEADER: msg_id or delivery.id},
+            headers={MSG_ID_HEADER: delivery.id},
         )
+
+    @staticmethod
+    async def _stored(acks: list[asyncio.Future[Any]]) -> None:
+        """Wait for JetStream's acks of pipelined publications; raise if one failed or is late."""
+        if not acks:
+            return
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                for ack in acks:
+                    await ack  # raises the stream's error, e.g. maximum messages exceeded
+        finally:
+            for ack in acks:
+                ack.cancel()  # no-op for the answered ones
 
     async def _terminate(self, msg: Msg, exc: BadMessage) -> None:
         self.metrics.bus_terminated.labels(exc.reason).inc()
@@ -423,9 +441,10 @@ class BusWorker:
         tries = 0
         while True:
             try:
-                await self.js.publish(
+                ack = await self.js.publish_async(
                     log_subject(delivery.namespace, delivery.webhook), payload, headers={MSG_ID_HEADER: record_id}
                 )
+                await self._stored([ack])
                 return
             except Exception as exc:
                 tries += 1
