@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook_operator.delivery.transport import TLSMaterial
+from webhook_operator.filter import CompiledFilter, FilterError
 from webhook_operator.health import HealthWindow
 from webhook_operator.matching import subscribes
 from webhook_operator.model import WebhookSpec
@@ -37,6 +39,16 @@ class WebhookState:
     # Known but never reconciled yet (its first reconcile met an API error): events are matched to it
     # and their deliveries wait until it is resolved, rather than finding no webhook.
     resolving: bool = False
+    tls: TLSMaterial | None = None  # spec.tls resolved from its Secrets
+    filter: CompiledFilter | None = None  # spec.filter, compiled for this generation
+    # status.autoDisable as last decided (failingSince; disabledAt, reason... while suspended)
+    auto_disable: dict[str, Any] = field(default_factory=dict)
+    auto_disable_dirty: bool = False
+
+    @property
+    def suspended(self) -> bool:
+        """Auto-disabled (a 410, or failing for too long): no events are sent until resumed."""
+        return bool(self.auto_disable.get("disabledAt"))
 
     @property
     def key(self) -> Key:
@@ -51,11 +63,16 @@ class WebhookState:
         return self.ready and self.spec.enabled and self.url is not None and bool(self.keys)
 
 
+# Called for a webhook whose filter passed over an event (error None) or could not tell (error).
+FilterCallback = Callable[[WebhookState, str | None], None]
+
+
 class WebhookIndex:
     """Webhooks by namespace and name, plus which Secrets each one reads."""
 
     def __init__(self) -> None:
         self._by_namespace: dict[str, dict[str, WebhookState]] = {}
+        self.on_filtered_out: FilterCallback = lambda state, error: None
 
     def get(self, namespace: str, name: str) -> WebhookState | None:
         return self._by_namespace.get(namespace, {}).get(name)
@@ -77,15 +94,31 @@ class WebhookIndex:
     def __len__(self) -> int:
         return sum(len(s) for s in self._by_namespace.values())
 
-    def subscribers(self, namespace: str, event: str) -> list[WebhookState]:
-        """The enabled, Ready webhooks of ``namespace`` subscribed to ``event``, by name (and enabled ones
-        still being resolved after an API error: their deliveries wait for them)."""
+    def subscribers(self, namespace: str, event: str, payload: dict[str, Any] | None = None) -> list[WebhookState]:
+        """The enabled, Ready, not suspended webhooks of ``namespace`` subscribed to ``event`` whose
+        ``spec.filter`` passes ``payload`` (see filter.filter_input), by name; and enabled ones still
+        being resolved after an API error: their deliveries wait for them."""
         states = self._by_namespace.get(namespace, {})
         return [
             s
             for _, s in sorted(states.items())
-            if (s.deliverable or (s.resolving and s.spec.enabled)) and subscribes(s.spec.events, event)
+            if (s.deliverable or (s.resolving and s.spec.enabled))
+            and not s.suspended
+            and subscribes(s.spec.events, event)
+            and self._passes(s, payload)
         ]
+
+    def _passes(self, state: WebhookState, payload: dict[str, Any] | None) -> bool:
+        if state.filter is None or payload is None:
+            return True
+        try:
+            passed = state.filter.evaluate(payload)
+        except FilterError as exc:  # a runtime error counts as not matching
+            self.on_filtered_out(state, str(exc))
+            return False
+        if not passed:
+            self.on_filtered_out(state, None)
+        return passed
 
     def readers_of_secret(self, namespace: str, secret: str) -> list[WebhookState]:
         return [s for s in self._by_namespace.get(namespace, {}).values() if secret in s.secret_refs]

@@ -76,6 +76,39 @@ class Metrics:
             ["review"],
             registry=r,
         )
+        self.bus_terminated = Counter(
+            PREFIX + "bus_messages_terminated",
+            "Bus messages terminated as undeliverable (reason: subject, json, event, delivery).",
+            ["reason"],
+            registry=r,
+        )
+        self.filtered = Counter(
+            PREFIX + "events_filtered",
+            "Events a webhook subscribes to that its spec.filter kept from it (result=false), or could not"
+            " judge (result=error: a runtime error, counted as not matching).",
+            ["namespace", "webhook", "result"],
+            registry=r,
+        )
+        self.filter_errors = Counter(
+            PREFIX + "filter_errors",
+            "spec.filter evaluations that failed at run time (a missing field, a wrong type, the cost limit);"
+            " the event is not sent to that webhook.",
+            ["namespace", "webhook"],
+            registry=r,
+        )
+        self.auto_disabled = Counter(
+            PREFIX + "webhook_auto_disabled",
+            "Times a webhook was suspended, by reason (Gone: a 410 answer; FailingTooLong: every attempt failed"
+            " for spec.autoDisable.afterFailingFor).",
+            ["namespace", "webhook", "reason"],
+            registry=r,
+        )
+        self.suspended = Gauge(
+            PREFIX + "webhook_suspended",
+            "1 while the webhook is auto-disabled (kubectl webhooks resume NAME).",
+            ["namespace", "webhook"],
+            registry=r,
+        )
         # Label sets seen per webhook, so that all of a deleted webhook's series can be removed.
         self._extra_labels: dict[Key, set[tuple[Counter, tuple[str, ...]]]] = defaultdict(set)
 
@@ -89,7 +122,23 @@ class Metrics:
         self.deliveries.labels(*labels).inc()
         self._extra_labels[(namespace, webhook)].add((self.deliveries, labels))
 
-    def webhook_state(self, namespace: str, webhook: str, *, enabled: bool, ready: bool) -> None:
+    def filtered_out(self, namespace: str, webhook: str, error: bool) -> None:
+        labels = (namespace, webhook, "error" if error else "false")
+        self.filtered.labels(*labels).inc()
+        self._extra_labels[(namespace, webhook)].add((self.filtered, labels))
+        if error:
+            self.filter_errors.labels(namespace, webhook).inc()
+            self._extra_labels[(namespace, webhook)].add((self.filter_errors, (namespace, webhook)))
+
+    def disabled(self, namespace: str, webhook: str, reason: str) -> None:
+        labels = (namespace, webhook, reason)
+        self.auto_disabled.labels(*labels).inc()
+        self._extra_labels[(namespace, webhook)].add((self.auto_disabled, labels))
+
+    def webhook_state(
+        self, namespace: str, webhook: str, *, enabled: bool, ready: bool, suspended: bool = False
+    ) -> None:
+        self.suspended.labels(namespace, webhook).set(1 if suspended else 0)
         self.enabled.labels(namespace, webhook).set(1 if enabled else 0)
         self.ready.labels(namespace, webhook).set(1 if ready else 0)
         self.in_flight.labels(namespace, webhook)
@@ -112,6 +161,7 @@ class Metrics:
             self.ready,
             self.in_flight,
             self.pending,
+            self.suspended,
         )
         for metric in per_webhook:
             self._remove(metric, (namespace, webhook))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from webhook_operator.retry import RetryPolicy
+from webhook_operator.settings import parse_duration
 
 TEST_ANNOTATION = "webhook-operator.io/test-requested-at"
 ROTATE_ANNOTATION = "webhook-operator.io/rotate-key-requested-at"
 REDELIVER_ANNOTATION = "webhook-operator.io/redeliver-requested-at"
+RESUME_ANNOTATION = "webhook-operator.io/resume-requested-at"
+CA_KEY = "ca.crt"
 MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "webhook-operator")
 SIGNING_KEY = "signingKey"
 STANDARD_SECRET_KEY = "standardWebhooksSecret"
@@ -36,6 +40,14 @@ class Header:
 
 
 @dataclass(frozen=True)
+class TLSRefs:
+    """``spec.tls``: a CA Secret key trusted for this webhook, a kubernetes.io/tls Secret for mTLS."""
+
+    ca: SecretKeyRef | None = None
+    client_cert: str | None = None
+
+
+@dataclass(frozen=True)
 class WebhookSpec:
     url: str
     events: tuple[str, ...]
@@ -44,6 +56,9 @@ class WebhookSpec:
     headers: tuple[Header, ...] = ()
     signing_key_ref: SecretKeyRef | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    filter: str = ""
+    tls: TLSRefs | None = None
+    auto_disable_after_s: float | None = None  # None: the --auto-disable-after default; 0: never
 
 
 def _ref(raw: Any, default_key: str) -> SecretKeyRef | None:
@@ -77,7 +92,31 @@ def parse_webhook_spec(spec: Mapping[str, Any]) -> WebhookSpec:
         headers=tuple(headers),
         signing_key_ref=_ref(spec.get("signingKeySecretRef"), SIGNING_KEY),
         retry=parse_retry(spec.get("retry")),
+        filter=str(spec.get("filter") or ""),
+        tls=parse_tls(spec.get("tls")),
+        auto_disable_after_s=parse_auto_disable(spec.get("autoDisable")),
     )
+
+
+def parse_tls(raw: Any) -> TLSRefs | None:
+    if not isinstance(raw, Mapping):
+        return None
+    client = raw.get("clientCertSecretRef")
+    refs = TLSRefs(
+        ca=_ref(raw.get("caSecretRef"), CA_KEY),
+        client_cert=str(client["name"]) if isinstance(client, Mapping) and client.get("name") else None,
+    )
+    return refs if refs.ca or refs.client_cert else None
+
+
+def parse_auto_disable(raw: Any) -> float | None:
+    value = raw.get("afterFailingFor") if isinstance(raw, Mapping) else None
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return parse_duration(value)
+    except argparse.ArgumentTypeError:  # admission accepts only durations; a value from before the rule is ignored
+        return None
 
 
 def signing_secret_name(webhook_name: str) -> str:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from webhook_operator import GROUP, VERSION
+from webhook_operator.delivery.transport import TLSMaterial, TLSMaterialError, check_tls_material
 from webhook_operator.kube import ApiError, KubeClient, secret_path
 from webhook_operator.model import (
     MANAGED_BY_LABEL,
@@ -242,4 +243,67 @@ def secret_refs(spec: WebhookSpec) -> frozenset[str]:
     refs = {h.secret.name for h in spec.headers if h.secret}
     if spec.signing_key_ref:
         refs.add(spec.signing_key_ref.name)
+    if spec.tls is not None and spec.tls.ca is not None:
+        refs.add(spec.tls.ca.name)
+    if spec.tls is not None and spec.tls.client_cert:
+        refs.add(spec.tls.client_cert)
     return frozenset(refs)
+
+
+TLS_SECRET_TYPE = "kubernetes.io/tls"
+
+
+async def resolve_tls(kube: KubeClient, namespace: str, spec: WebhookSpec) -> tuple[TLSMaterial | None, Problem | None]:
+    """The webhook's CA and client certificate from its Secrets, checked to load; or the problem.
+
+    Messages name the Secret, the key and what is wrong, never the material.
+    """
+    refs = spec.tls
+    if refs is None:
+        return None, None
+    ca_pem = cert_pem = key_pem = None
+    if refs.ca is not None:
+        field, ref = "spec.tls.caSecretRef", refs.ca
+        secret = await kube.get(secret_path(namespace, ref.name))
+        if secret is None:
+            return None, Problem(
+                "TLSSecretMissing",
+                f"{field}: Secret {namespace}/{ref.name} does not exist; create it with the CA certificate(s) "
+                f"in PEM under key {ref.key!r}.",
+            )
+        ca_pem = _decode(secret.get("data"), ref.key)
+        if ca_pem is None:
+            what = "is not text" if ref.key in (secret.get("data") or {}) else "does not exist"
+            reason = "TLSSecretInvalid" if what == "is not text" else "TLSSecretMissing"
+            return None, Problem(
+                reason, f"{field}: key {ref.key!r} of Secret {namespace}/{ref.name} {what}; put the PEM CA there."
+            )
+        try:
+            check_tls_material(TLSMaterial(ca_pem=ca_pem))
+        except TLSMaterialError as exc:
+            return None, Problem("TLSSecretInvalid", f"{field}: Secret {namespace}/{ref.name} key {ref.key!r}: {exc}.")
+    if refs.client_cert:
+        field, name = "spec.tls.clientCertSecretRef", refs.client_cert
+        secret = await kube.get(secret_path(namespace, name))
+        if secret is None:
+            return None, Problem(
+                "TLSSecretMissing",
+                f"{field}: Secret {namespace}/{name} does not exist; create it with "
+                f"`kubectl create secret tls {name} --cert=... --key=...`.",
+            )
+        if secret.get("type") != TLS_SECRET_TYPE:
+            return None, Problem(
+                "TLSSecretInvalid",
+                f"{field}: Secret {namespace}/{name} has type {secret.get('type') or 'Opaque'!r}, not "
+                f"{TLS_SECRET_TYPE!r}; recreate it with `kubectl create secret tls`.",
+            )
+        data = secret.get("data") or {}
+        cert_pem, key_pem = _decode(data, "tls.crt"), _decode(data, "tls.key")
+        if not cert_pem or not key_pem:
+            missing = " and ".join(k for k, v in (("tls.crt", cert_pem), ("tls.key", key_pem)) if not v)
+            return None, Problem("TLSSecretInvalid", f"{field}: Secret {namespace}/{name} has no {missing}.")
+        try:
+            check_tls_material(TLSMaterial(cert_pem=cert_pem, key_pem=key_pem))
+        except TLSMaterialError as exc:
+            return None, Problem("TLSSecretInvalid", f"{field}: Secret {namespace}/{name}: {exc}.")
+    return TLSMaterial(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem), None

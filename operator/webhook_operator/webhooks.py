@@ -8,13 +8,17 @@ written and the leader reconciles those webhooks again when it takes over.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from webhook_operator import GROUP, VERSION
 from webhook_operator.apiretry import backoff_delay, retry_after_of, with_retries
+from webhook_operator.delivery.attempt import AttemptResult
+from webhook_operator.filter import CompiledFilter, FilterError, compile_filter
 from webhook_operator.health import HealthWindow, healthy_condition
 from webhook_operator.index import Key, WebhookIndex, WebhookState
 from webhook_operator.kube import ApiError, KubeClient, resource_path
@@ -22,10 +26,13 @@ from webhook_operator.matching import sample_event_for
 from webhook_operator.metrics import Metrics
 from webhook_operator.model import (
     MANAGED_BY_LABEL,
+    RESUME_ANNOTATION,
     ROTATE_ANNOTATION,
     TEST_ANNOTATION,
+    WebhookSpec,
     format_time,
     now,
+    parse_time,
     parse_webhook_spec,
     signing_secret_name,
     slim_body,
@@ -43,6 +50,7 @@ from webhook_operator.secrets import (
     Problem,
     ensure_signing_keys,
     resolve_headers,
+    resolve_tls,
     rotate_signing_key,
     secret_refs,
 )
@@ -53,6 +61,11 @@ log = logging.getLogger(__name__)
 HEALTH_RESYNC_S = 60.0
 # Webhooks reconciled at once at start-up and take-over (each may wait on DNS and a few API calls).
 RECONCILE_CONCURRENCY = 16
+
+# status.autoDisable: failingSince (first failed attempt since the last success), and while suspended
+# disabledAt, reason (Gone | FailingTooLong), message and the generation it was suspended at;
+# resumeRequestedAt is the last resume annotation value handled.
+AUTO_DISABLE_FIELDS = ("failingSince", "disabledAt", "reason", "message", "generation", "resumeRequestedAt")
 
 TestSender = Callable[[WebhookState, str], Awaitable[dict[str, Any]]]
 
@@ -150,15 +163,20 @@ class WebhookController:
 
     def _new_state(self, body: dict[str, Any]) -> WebhookState:
         meta = body["metadata"]
+        spec = parse_webhook_spec(body.get("spec") or {})
+        status = body.get("status") or {}
+        compiled, _ = compiled_filter(spec, None)
         return WebhookState(
             namespace=meta["namespace"],
             name=meta["name"],
             uid=meta["uid"],
             generation=int(meta.get("generation") or 0),
-            spec=parse_webhook_spec(body.get("spec") or {}),
+            spec=spec,
             body=slim_body(body),
-            health=HealthWindow.from_status((body.get("status") or {}).get("health")),
+            health=HealthWindow.from_status(status.get("health")),
             limiter=asyncio.Semaphore(self.settings.per_webhook_concurrency),
+            filter=compiled,
+            auto_disable=auto_disable_from_status(status.get("autoDisable")),
         )
 
     async def _reconcile(self, body: dict[str, Any], *, force: bool) -> None:
@@ -171,6 +189,7 @@ class WebhookController:
             meta.get("generation"),
             annotations.get(TEST_ANNOTATION),
             annotations.get(ROTATE_ANNOTATION),
+            annotations.get(RESUME_ANNOTATION),
         )
         leading = self.is_leader()
         state = self.index.get(namespace, name)
@@ -206,6 +225,12 @@ class WebhookController:
         headers, header_problem = await resolve_headers(self.kube, namespace, spec)
         if header_problem:
             problems.append(header_problem)
+        tls, tls_problem = await resolve_tls(self.kube, namespace, spec)
+        if tls_problem:
+            problems.append(tls_problem)
+        compiled, filter_problem = compiled_filter(spec, state.filter)
+        if filter_problem:
+            problems.append(filter_problem)
         keys = await ensure_signing_keys(self.kube, body, spec, current, write=leading)
         if keys.problem:
             problems.append(keys.problem)
@@ -220,9 +245,24 @@ class WebhookController:
             if "rotatedAt" in rotation:
                 keys = await ensure_signing_keys(self.kube, body, spec, now())
 
+        generation = int(meta.get("generation") or 0)
+        resumed: str | None = None
+        if state.suspended:
+            asked = annotations.get(RESUME_ANNOTATION)
+            if state.auto_disable.get("generation") != generation:
+                resumed = "its spec changed"
+            elif asked and asked != state.auto_disable.get("resumeRequestedAt"):
+                resumed = f"resume requested at {asked}"
+            if resumed and leading:
+                state.auto_disable = {"resumeRequestedAt": asked} if asked else {}
+            elif resumed:  # the leader decides
+                resumed, deferred = None, True
+
         state.spec = spec
         state.body = slim_body(body)
-        state.generation = int(meta.get("generation") or 0)
+        state.generation = generation
+        state.tls = tls
+        state.filter = compiled
         state.url = url
         state.headers = headers
         state.keys = keys.keys
@@ -231,11 +271,15 @@ class WebhookController:
         state.resolving = False
         state.fingerprint = fingerprint
         self.index.put(state)
-        self.metrics.webhook_state(namespace, name, enabled=spec.enabled, ready=state.ready)
+        self.metrics.webhook_state(
+            namespace, name, enabled=spec.enabled, ready=state.ready and not state.suspended, suspended=state.suspended
+        )
         self.metrics.health(namespace, name, state.health.summary(current))
 
         if problems:
             ready = ("False", problems[0].reason, " ".join(p.message for p in problems))
+        elif state.suspended:
+            ready = ("False", "AutoDisabled", str(state.auto_disable.get("message") or "auto-disabled"))
         elif not spec.enabled:
             ready = ("True", "Reconciled", "disabled: no events are delivered while spec.enabled is false")
         else:
@@ -245,7 +289,6 @@ class WebhookController:
                 "Reconciled",
                 " ".join([f"delivering {len(spec.events)} event pattern(s) to {target}", *notes]),
             )
-        generation = state.generation
         conditions = merge_conditions(
             webhook_conditions(status.get("conditions"), ready=ready, generation=generation, now=current),
             [self._healthy_condition(state, status.get("conditions"))],
@@ -258,6 +301,8 @@ class WebhookController:
         }
         if rotation:
             desired["keyRotation"] = rotation
+        if state.auto_disable or status.get("autoDisable"):
+            desired["autoDisable"] = auto_disable_patch(state.auto_disable)
         if not leading:
             if deferred or self._status_differs(status, desired) or self._test_requested(annotations, status):
                 self._deferred.add(state.key)
@@ -266,6 +311,10 @@ class WebhookController:
             return
         self._deferred.discard(state.key)
         await self._write_status(state, status, desired)
+        state.auto_disable_dirty = False
+        if resumed:
+            log.info("webhook %s resumed: %s", state.hook_id, resumed)
+            await record(self.kube, body, type_="Normal", reason="Resumed", message=f"resumed: {resumed}")
         if keys.previous_expires_at is not None:
             self._schedule(state.key, (keys.previous_expires_at - now()).total_seconds() + 1)
 
@@ -280,6 +329,13 @@ class WebhookController:
 
     def _follow_health(self, state: WebhookState, status: dict[str, Any]) -> None:
         written = status.get("health")
+        suspended = state.suspended
+        state.auto_disable = auto_disable_from_status(status.get("autoDisable"))
+        if state.suspended != suspended:
+            ready = state.ready and not state.suspended
+            self.metrics.webhook_state(
+                state.namespace, state.name, enabled=state.spec.enabled, ready=ready, suspended=state.suspended
+            )
         state.health = HealthWindow.from_status(written)
         state.health_dirty = False
         self.metrics.health(state.namespace, state.name, state.health.summary(now()))
@@ -300,10 +356,14 @@ class WebhookController:
 
     @staticmethod
     def _status_differs(current: dict[str, Any], desired: dict[str, Any]) -> bool:
-        return not all(
-            (without_volatile(current.get(k)) == without_volatile(v)) if k == "conditions" else current.get(k) == v
-            for k, v in desired.items()
-        )
+        def same(key: str, value: Any) -> bool:
+            if key == "conditions":
+                return bool(without_volatile(current.get(key)) == without_volatile(value))
+            if key == "autoDisable":  # a merge patch removes with null; what is stored has no nulls
+                return auto_disable_from_status(current.get(key)) == auto_disable_from_status(value)
+            return bool(current.get(key) == value)
+
+        return not all(same(k, v) for k, v in desired.items())
 
     async def _write_status(self, state: WebhookState, current: dict[str, Any], desired: dict[str, Any]) -> None:
         if not self._status_differs(current, desired):
@@ -429,28 +489,84 @@ class WebhookController:
             health = state.health.to_status(current)
             summary = state.health.summary(current)
             self.metrics.health(state.namespace, state.name, summary)
-            if self._health_written.get(state.key) == health:
+            auto_disable = state.auto_disable_dirty
+            if self._health_written.get(state.key) == health and not auto_disable:
                 continue
             async with self._locks[state.key]:
                 existing = (state.body.get("status") or {}).get("conditions")
                 conditions = merge_conditions(existing, [self._healthy_condition(state, existing)])
+                patch: dict[str, Any] = {"health": health, "conditions": conditions}
+                if auto_disable:
+                    state.auto_disable_dirty = False
+                    patch["autoDisable"] = auto_disable_patch(state.auto_disable)
                 try:
                     result = await self.kube.merge_patch(
-                        webhook_path(state.namespace, state.name, "status"),
-                        {"status": {"health": health, "conditions": conditions}},
+                        webhook_path(state.namespace, state.name, "status"), {"status": patch}
                     )
                 except ApiError as exc:
                     if exc.status == 404:
                         continue
                     state.health_dirty = True
+                    state.auto_disable_dirty = state.auto_disable_dirty or auto_disable
                     log.warning("writing health of %s failed, will retry: %s", state.hook_id, exc)
                     continue
                 except OSError as exc:
                     state.health_dirty = True
+                    state.auto_disable_dirty = state.auto_disable_dirty or auto_disable
                     log.warning("writing health of %s failed, will retry: %s", state.hook_id, exc)
                     continue
                 state.body = slim_body(result) if result else state.body
                 self._health_written[state.key] = health
+
+    # -- auto-disable -------------------------------------------------------------------
+    def attempt_done(self, state: WebhookState, result: AttemptResult) -> None:
+        """Follow a webhook's failures after every attempt (the leader's engine calls this), and suspend
+        it on a 410 or once every attempt has failed for spec.autoDisable.afterFailingFor."""
+        if not self.is_leader() or state.suspended or self.index.get(*state.key) is not state:
+            return
+        current = now()
+        decision = auto_disable_decision(
+            state.auto_disable,
+            succeeded=result.succeeded,
+            status_code=result.status_code,
+            after_s=self.after_failing_for(state.spec),
+            now=current,
+        )
+        if decision.auto_disable != state.auto_disable:
+            state.auto_disable = decision.auto_disable
+            state.auto_disable_dirty = state.health_dirty = True  # written with the next health flush
+        if decision.suspend is None:
+            return
+        reason, why = decision.suspend
+        annotations = (state.body.get("metadata") or {}).get("annotations") or {}
+        message = (
+            f"auto-disabled at {format_time(current)}: {why}. No events are sent to it until it is resumed: fix "
+            f"the receiver, then run `kubectl webhooks resume {state.name} -n {state.namespace}` or change its spec."
+        )
+        state.auto_disable = {
+            "failingSince": state.auto_disable.get("failingSince"),
+            "disabledAt": format_time(current),
+            "reason": reason,
+            "message": message,
+            "generation": state.generation,
+            "resumeRequestedAt": annotations.get(RESUME_ANNOTATION),
+        }
+        state.auto_disable = {k: v for k, v in state.auto_disable.items() if v is not None}
+        state.auto_disable_dirty = True
+        log.warning("webhook %s auto-disabled (%s): %s", state.hook_id, reason, why)
+        self.metrics.disabled(state.namespace, state.name, reason)
+        self.metrics.webhook_state(state.namespace, state.name, enabled=state.spec.enabled, ready=False, suspended=True)
+        self._spawn(self._announce_suspension(state, message))
+
+    def after_failing_for(self, spec: WebhookSpec) -> float:
+        return self.settings.auto_disable_after_s if spec.auto_disable_after_s is None else spec.auto_disable_after_s
+
+    async def _announce_suspension(self, state: WebhookState, message: str) -> None:
+        try:
+            await record(self.kube, state.body, type_="Warning", reason="AutoDisabled", message=message)
+        except (ApiError, OSError) as exc:
+            log.warning("the AutoDisabled Event of %s was not recorded: %s", state.hook_id, exc)
+        await self.reconcile(state.body, force=True)  # writes Ready=False AutoDisabled
 
     async def health_loop(self) -> None:
         last_full = asyncio.get_running_loop().time()
@@ -463,6 +579,61 @@ class WebhookController:
                 await self.flush_health(everything=full)
             except Exception:  # the loop must outlive any one bad write
                 log.exception("health flush failed")
+
+
+def compiled_filter(spec: WebhookSpec, previous: CompiledFilter | None) -> tuple[CompiledFilter | None, Problem | None]:
+    """spec.filter compiled (once per distinct source), or the InvalidFilter problem."""
+    if not spec.filter:
+        return None, None
+    if previous is not None and previous.source == spec.filter:
+        return previous, None
+    try:
+        return compile_filter(spec.filter), None
+    except FilterError as exc:
+        return None, Problem("InvalidFilter", f"spec.filter: {exc}")
+
+
+def auto_disable_from_status(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        return {}
+    return {k: raw[k] for k in AUTO_DISABLE_FIELDS if raw.get(k) is not None}
+
+
+def auto_disable_patch(auto_disable: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch that makes status.autoDisable exactly ``auto_disable`` (null removes a field)."""
+    return {k: auto_disable.get(k) for k in AUTO_DISABLE_FIELDS}
+
+
+@dataclass(frozen=True)
+class AutoDisableDecision:
+    auto_disable: dict[str, Any]  # the new status.autoDisable
+    suspend: tuple[str, str] | None = None  # (reason, why) when the webhook is to be suspended
+
+
+def auto_disable_decision(
+    auto_disable: dict[str, Any], *, succeeded: bool, status_code: int | None, after_s: float, now: dt.datetime
+) -> AutoDisableDecision:
+    """What one attempt's result does to a webhook that is not suspended (pure).
+
+    A success ends a failing streak; a failure starts one (failingSince) or continues it. With
+    ``after_s`` 0 nothing ever suspends; otherwise a 410 Gone suspends at once (the Standard
+    Webhooks meaning: disable this endpoint), and a failure suspends once every attempt since
+    failingSince has failed for ``after_s`` or longer.
+    """
+    if succeeded:
+        return AutoDisableDecision({k: v for k, v in auto_disable.items() if k != "failingSince"})
+    since = parse_time(auto_disable.get("failingSince"))
+    updated = auto_disable if since is not None else {**auto_disable, "failingSince": format_time(now)}
+    if after_s <= 0:
+        return AutoDisableDecision(updated)
+    if status_code == 410:
+        return AutoDisableDecision(updated, ("Gone", "the receiver answered 410 Gone"))
+    if since is not None and (now - since).total_seconds() >= after_s:
+        return AutoDisableDecision(
+            updated,
+            ("FailingTooLong", f"every attempt since {format_time(since)} has failed (afterFailingFor {after_s:g}s)"),
+        )
+    return AutoDisableDecision(updated)
 
 
 def managed_signing_secret_owner(body: dict[str, Any]) -> str | None:

@@ -147,7 +147,9 @@ def helm_install(kube_env: dict[str, str], kubectl: KubectlFn, *extra: str) -> N
         raise AssertionError(f"{exc}\n{diagnostics(kubectl, OPERATOR_NAMESPACE)}") from None
 
 
-@pytest.fixture(scope="session")
+# Module scope: the release (a cluster-wide operator) must be gone before the integration tests,
+# which run their own operator processes against the same cluster, start.
+@pytest.fixture(scope="module")
 def operator_release(
     platform: Platform, operator_image: str, kubectl: KubectlFn, kube_env: dict[str, str], ca_bundle: Path
 ) -> Iterator[str]:
@@ -158,7 +160,10 @@ def operator_release(
     helm_install(kube_env, kubectl)
     yield OPERATOR_NAMESPACE
     helm = str(binaries.find("helm"))
-    subprocess.run([helm, "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE], env=kube_env, check=False)
+    subprocess.run([helm, "uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait"], env=kube_env, check=False)
+    # Pods shut down gracefully after their Deployment is gone; wait until none delivers any more.
+    selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name=webhook-operator"
+    kubectl("wait", "--for=delete", "pod", "-l", selector, "-n", OPERATOR_NAMESPACE, "--timeout=90s", check=False)
 
 
 def _answers(url: str, tls: ssl.SSLContext) -> bool:
@@ -184,7 +189,7 @@ def issue_receiver_tls(tls_ca: trustme.CA, folder: Path, cluster_ip: str) -> tup
     return folder / "tls.crt", folder / "tls.key"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster_receiver(
     platform: Platform,
     operator_release: str,

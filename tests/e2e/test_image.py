@@ -38,7 +38,7 @@ def container(operator_image: str, cluster: Cluster, tmp_path: Path, ca_bundle: 
         "run", "-d", "--name", name, "--network", "host", "--user", "65532:65532", "--read-only",
         "--tmpfs", "/tmp", "-v", f"{tmp_path}:/config:ro", "-e", "KUBECONFIG=/config/kubeconfig",
         operator_image, "--dev", "--bind-address", "127.0.0.1", "--ca-bundle", "/config/ca.pem",
-        "--health-port", str(health_port), "--metrics-port", str(metrics_port),
+        "--health-port", str(health_port), "--metrics-port", str(metrics_port), "--no-leader-election",
     )  # fmt: skip
     try:
         yield name, health_port

@@ -63,16 +63,32 @@ def operator_pods(kubectl: KubectlFn) -> list[Manifest]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
-def operator_pod(kubectl: KubectlFn) -> Manifest:
-    pods = operator_pods(kubectl)
-    assert len(pods) == 1, f"the chart runs exactly one operator pod, found {[p['metadata']['name'] for p in pods]}"
-    return pods[0]
+def leader_pod(kubectl: KubectlFn) -> str:
+    """The pod that holds the chart's Lease (its holder identity is the pod name plus a suffix)."""
+
+    def holder() -> str | None:
+        lease = kubectl("get", "lease", RELEASE, "-n", OPERATOR_NAMESPACE, "-o", "json", check=False)
+        if lease.returncode != 0:
+            return None
+        identity = json.loads(lease.stdout)["spec"].get("holderIdentity") or ""
+        live = {p["metadata"]["name"] for p in operator_pods(kubectl)}
+        name = identity.rsplit("_", 1)[0]
+        return name if name in live else None
+
+    return wait_until(holder, timeout=60, interval=0.5, what="a live operator pod holding the Lease")
 
 
-def scrape_operator(kube_env: dict[str, str]) -> str:
-    """/metrics as Prometheus would scrape it: through the chart's metrics Service."""
-    with port_forward(kube_env, OPERATOR_NAMESPACE, f"svc/{METRICS_SERVICE}", METRICS_PORT) as local_port:
+def scrape_operator(kube_env: dict[str, str], target: str = f"svc/{METRICS_SERVICE}") -> str:
+    """/metrics as Prometheus scrapes it: through the chart's metrics Service, or of one pod."""
+    with port_forward(kube_env, OPERATOR_NAMESPACE, target, METRICS_PORT) as local_port:
         return http_get(f"http://127.0.0.1:{local_port}/metrics")
+
+
+def scrape_operator_pod(kubectl: KubectlFn, pod: str) -> str:
+    """One pod's /metrics through the API server's pod proxy."""
+    return kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods/{pod}:{METRICS_PORT}/proxy/metrics"
+    ).stdout
 
 
 def deliveries_total(metrics: str, namespace: str, webhook: str, outcome: str) -> float:
@@ -99,17 +115,29 @@ def wait_for_health(kubectl: KubectlFn, namespace: str, webhook: str, requests: 
     )
 
 
-def test_chart_runs_one_ready_operator_pod_from_the_built_image(kubectl: KubectlFn, operator_release: str) -> None:
-    pod = operator_pod(kubectl)
-    [container] = pod["spec"]["containers"]
-    assert container["image"] == "webhook-operator:dev"
-    # As the chart runs it: a uid without a passwd entry, a read-only root file system.
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert pod["spec"]["securityContext"]["runAsUser"] == 65532
-    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True", pod["status"]
-    [container_status] = pod["status"]["containerStatuses"]
-    assert container_status["restartCount"] == 0, "the operator restarted; see `kubectl logs --previous`"
+def test_chart_runs_two_ready_operator_pods_from_the_built_image_one_of_them_leading(
+    kubectl: KubectlFn, operator_release: str
+) -> None:
+    pods = operator_pods(kubectl)
+    assert len(pods) == 2, f"the chart's default is two replicas, found {[p['metadata']['name'] for p in pods]}"
+    for pod in pods:
+        [container] = pod["spec"]["containers"]
+        assert container["image"] == "webhook-operator:dev"
+        # As the chart runs it: a uid without a passwd entry, a read-only root file system.
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert pod["spec"]["securityContext"]["runAsUser"] == 65532
+        ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "True", pod["status"]
+        [container_status] = pod["status"]["containerStatuses"]
+        assert container_status["restartCount"] == 0, "the operator restarted; see `kubectl logs --previous`"
+    leader = leader_pod(kubectl)
+    gauges = {
+        pod["metadata"]["name"]: metric_value(
+            scrape_operator_pod(kubectl, pod["metadata"]["name"]), "webhook_operator_leader"
+        )
+        for pod in pods
+    }
+    assert gauges == {name: (1 if name == leader else 0) for name in gauges}
 
 
 def test_metrics_are_served_through_the_metrics_service(kube_env: dict[str, str], operator_release: str) -> None:
@@ -174,7 +202,8 @@ def test_example_events_reach_the_in_cluster_receiver_signed_and_the_webhook_tur
     assert run_health(WEBHOOK_LUA, webhook) == {"status": "Healthy", "message": "100.00% of 2 requests in 24h"}
 
     def scraped_both() -> str | None:
-        metrics = scrape_operator(kube_env)
+        # Deliveries are counted by the replica that made them: the Lease holder.
+        metrics = scrape_operator(kube_env, f"pod/{leader_pod(kubectl)}")
         return metrics if deliveries_total(metrics, namespace, "billing-sync", "success") == 2 else None
 
     metrics = wait_until(scraped_both, timeout=30, interval=1, what="deliveries_total to count both deliveries")
@@ -218,11 +247,13 @@ def test_operator_pod_deleted_under_load_loses_nothing(
     count = 150
     apply(kubectl, namespace, webhook_manifest("steady", cluster_receiver.url(f"/{namespace}/steady?delay=0.2")))
     wait_ready(kubectl, namespace, "steady", timeout=60)
-    before = {p["metadata"]["name"] for p in operator_pods(kubectl)}
+    leader = leader_pod(kubectl)
 
     kubectl("create", "-n", namespace, "-f", "-", input=event_list(count, "User.Created"))
     cluster_receiver.wait_for(5, f"/{namespace}/", timeout=60)
-    kubectl("delete", "pod", "-n", OPERATOR_NAMESPACE, *before, "--wait=false")
+    # The pod that delivers goes: it drains what is in flight, releases the Lease, the standby leads.
+    kubectl("delete", "pod", "-n", OPERATOR_NAMESPACE, leader, "--wait=false")
+    before = {leader}
 
     def replaced() -> list[Manifest] | None:
         pods = [p for p in operator_pods(kubectl) if p["metadata"]["name"] not in before]
@@ -249,9 +280,10 @@ def test_operator_pod_deleted_under_load_loses_nothing(
     ids = [r.json()["eventId"] for r in received]
     assert {e["metadata"]["uid"] for e in events} <= set(ids), "every event reached the receiver"
     duplicates = len(ids) - len(set(ids))
-    # At-least-once: only attempts in flight at the kill may arrive twice (10 per webhook at most).
-    assert duplicates <= 10, f"{duplicates} duplicate deliveries"
-    print(f"\npod deleted under load: {count} events, 0 lost, {duplicates} delivered twice (in flight at the kill)")
+    # A graceful hand-over: in-flight attempts finish and are recorded before the Lease is released,
+    # so nothing is sent twice (at-least-once would allow the 10 in flight per webhook).
+    assert duplicates == 0, f"{duplicates} duplicate deliveries"
+    print(f"\nleader pod deleted under load: {count} events, 0 lost, {duplicates} delivered twice")
 
 
 def test_helm_upgrade_with_changed_values_rolls_out_and_keeps_delivering(
@@ -259,9 +291,11 @@ def test_helm_upgrade_with_changed_values_rolls_out_and_keeps_delivering(
 ) -> None:
     helm_install(kube_env, kubectl, "--set", "logLevel=debug", "--set", "maxConcurrency=50")
     try:
-        [pod] = operator_pods(kubectl)
-        args = pod["spec"]["containers"][0]["args"]
-        assert "--log-level=DEBUG" in args and "--max-concurrency=50" in args, args
+        pods = operator_pods(kubectl)
+        assert len(pods) == 2
+        for pod in pods:
+            args = pod["spec"]["containers"][0]["args"]
+            assert "--log-level=DEBUG" in args and "--max-concurrency=50" in args, args
         apply(kubectl, namespace, webhook_manifest("after-upgrade", cluster_receiver.url(f"/{namespace}/up")))
         wait_ready(kubectl, namespace, "after-upgrade", timeout=60)
         name = create(kubectl, namespace, event_manifest("User.Created", {"id": "after-upgrade"}))

@@ -376,6 +376,7 @@ def test_ingress_with_only_the_charts_rbac_reviews_publishers_and_creates_their_
     port = free_port()
     kubeconfig = token_kubeconfig(release, kube_env, tmp_path / "operator.kubeconfig")
     args = ["--namespace", ns, "--ca-bundle", str(ca_bundle), "--allow-cidr", "127.0.0.0/8"]
+    args += ["--leader-election-namespace", ns]  # what POD_NAMESPACE says in the pod
     ingress = ["--ingress-port", str(port), "--ingress-tls-cert", str(cert_path), "--ingress-tls-key", str(key_path)]
     operator = OperatorProcess(kubeconfig, [*args, *ingress], tmp_path / "operator.log").start()
     try:

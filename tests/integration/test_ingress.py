@@ -99,7 +99,9 @@ def ingress_args(port: int, cert: Path | None, key: Path | None) -> list[str]:
 
 
 def base_args(namespace: str, ca_bundle: Path) -> list[str]:
-    return ["--namespace", namespace, "--ca-bundle", str(ca_bundle), "--allow-cidr", "127.0.0.0/8"]
+    # Each operator process its own Lease: in its own namespace and under its own name.
+    lease = ["--leader-election-namespace", namespace, "--leader-election-id", f"ingress-{uuid.uuid4().hex[:8]}"]
+    return ["--namespace", namespace, "--ca-bundle", str(ca_bundle), "--allow-cidr", "127.0.0.0/8", *lease]
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,15 @@ class Received:
     headers: dict[str, str]  # lower-case names
     body: bytes
     at: float
+    client_cert: str = ""  # the client certificate's first subjectAltName, when one was presented
     status: int = 200  # what the receiver answered
 
 
 class Receiver:
-    """HTTPS on 127.0.0.1 with a trustme certificate for 127.0.0.1 and localhost."""
+    """HTTPS on 127.0.0.1 with a trustme certificate for 127.0.0.1 and localhost; with ``client_ca``,
+    only clients presenting a certificate of that CA complete the handshake (mTLS)."""
 
-    def __init__(self, ca: trustme.CA) -> None:
+    def __init__(self, ca: trustme.CA, *, client_ca: trustme.CA | None = None) -> None:
         self.requests: list[Received] = []
         self._scripts: dict[str, list[Reply]] = {}
         # rule(path, headers) -> a Reply, or None for the script's: faults that depend on time (503 for 30 s).
@@ -49,8 +51,19 @@ class Receiver:
                 body = self.rfile.read(length)
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 reply = receiver._next_reply(self.path, headers)
+                peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+                names = [value for _, value in (peer or {}).get("subjectAltName", ())]
                 with receiver._cond:
-                    receiver.requests.append(Received(self.path, headers, body, time.time(), reply.status))
+                    receiver.requests.append(
+                        Received(
+                            self.path,
+                            headers,
+                            body,
+                            time.time(),
+                            client_cert=str(names[0]) if names else "",
+                            status=reply.status,
+                        )
+                    )
                     receiver._cond.notify_all()
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
@@ -71,6 +84,9 @@ class Receiver:
         self._server.daemon_threads = True
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        if client_ca is not None:
+            client_ca.configure_trust(context)
+            context.verify_mode = ssl.CERT_REQUIRED
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

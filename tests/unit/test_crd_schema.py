@@ -318,9 +318,10 @@ def test_reserved_header_names_are_all_listed_lowercase(webhook_crd: Node) -> No
     }
 
 
-def test_webhook_status_holds_conditions_health_last_test_and_key_rotation(webhook_crd: Node) -> None:
+def test_webhook_status_holds_conditions_health_last_test_key_rotation_and_auto_disable(webhook_crd: Node) -> None:
     status = node_at(root_schema(webhook_crd), "status")
     assert sorted(status["properties"]) == [
+        "autoDisable",
         "conditions",
         "health",
         "keyRotation",

@@ -40,7 +40,7 @@ async def send(
     headers.update(signature_headers(state.keys, msg_id, int(time.time()), body))
     started = time.perf_counter()
     try:
-        response = await client.post(state.spec.url, body, headers, timeout_s=timeout_s)
+        response = await client.post(state.spec.url, body, headers, timeout_s=timeout_s, tls=state.tls)
     except BlockedDestinationError as exc:
         return AttemptResult(
             None, FAILURE_BLOCKED, str(exc)[:300] or "blocked destination", time.perf_counter() - started, "", None

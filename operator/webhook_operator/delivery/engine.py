@@ -23,6 +23,7 @@ from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.queues import FairSlots, Parked, ParkedEvents
 from webhook_operator.delivery.retention import Retention
 from webhook_operator.delivery.transport import DeliveryClient
+from webhook_operator.filter import filter_input
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import ApiError, KubeClient, resource_path
 from webhook_operator.matching import sample_event_for
@@ -74,6 +75,7 @@ WAKE_RETRY_S = 5.0
 RESERVE_FRACTION = 0.1
 
 DeliveryCallback = Callable[[WebhookState, bool, int | None], None]
+AttemptCallback = Callable[[WebhookState, AttemptResult], None]
 
 
 def event_path(namespace: str, name: str, subresource: str | None = None) -> str:
@@ -126,6 +128,7 @@ class DeliveryEngine:
         metrics: Metrics,
         client: DeliveryClient,
         on_delivery_final: DeliveryCallback,
+        on_attempt: AttemptCallback | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
@@ -133,6 +136,7 @@ class DeliveryEngine:
         self.metrics = metrics
         self.client = client
         self.on_delivery_final = on_delivery_final
+        self.on_attempt = on_attempt
         self._global: FairSlots[tuple[str, str] | None] = FairSlots(
             settings.max_concurrency, reserve=int(settings.max_concurrency * RESERVE_FRACTION)
         )
@@ -326,7 +330,8 @@ class DeliveryEngine:
         try:
             fresh = not job.deliveries and job.redelivery is None
             if fresh:
-                targets = self.index.subscribers(job.namespace, job.event)
+                payload = filter_input(job.event, job.event_id, job.created_at, job.data)
+                targets = self.index.subscribers(job.namespace, job.event, payload)
                 job.deliveries = [
                     {"webhook": t.name, "id": message_id(job.uid, t.uid), "outcome": "Pending", "attempts": 0}
                     for t in targets
@@ -471,6 +476,8 @@ class DeliveryEngine:
             self.metrics.attempt(
                 job.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
             )
+            if self.on_attempt is not None:
+                self.on_attempt(state, result)
         return result
 
     @staticmethod
@@ -766,6 +773,8 @@ def waiting_reason(state: WebhookState | None) -> str | None:
         return "webhook deleted"
     if not state.spec.enabled:
         return "webhook disabled"
+    if state.suspended:
+        return f"webhook auto-disabled ({state.auto_disable.get('reason', '')}); resume it to deliver again"
     if not state.deliverable:
         return NOT_READY
     return None

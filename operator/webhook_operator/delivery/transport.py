@@ -12,9 +12,13 @@ custom resolver and the session's request options.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import os
 import socket
 import ssl
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -37,6 +41,9 @@ DEFAULT_TIMEOUT_SECONDS = 10.0
 KEEPALIVE_EXPIRY_SECONDS = 15.0
 RESPONSE_BODY_LIMIT = 1024
 TARGET_CACHE_SIZE = 10_000  # distinct webhook URLs whose parsed form is kept
+# A per-webhook TLS configuration's session is closed once no attempt has used it for this long
+# (longer than the keep-alive, so its connections have gone idle by then anyway).
+TLS_POOL_IDLE_SECONDS = 60.0
 
 
 class DeliveryError(Exception):
@@ -73,6 +80,75 @@ class DeliveryResponse:
     status: int
     headers: CIMultiDictProxy[str]
     body: bytes  # at most RESPONSE_BODY_LIMIT bytes of the (decoded) body
+
+
+@dataclass(frozen=True)
+class TLSMaterial:
+    """A webhook's own TLS: extra CA certificates (PEM) and a client certificate and key (PEM).
+
+    Never in a repr or a log line; connections are pooled per ``fingerprint``.
+    """
+
+    ca_pem: str | None = field(default=None, repr=False)
+    cert_pem: str | None = field(default=None, repr=False)
+    key_pem: str | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for part in (self.ca_pem, self.cert_pem, self.key_pem):
+            digest.update((part or "").encode() + b"\0")
+        return digest.hexdigest()
+
+
+class TLSMaterialError(Exception):
+    """``which`` (ca | cert) cannot be loaded; the message names no key material."""
+
+    def __init__(self, which: str, message: str) -> None:
+        super().__init__(message)
+        self.which = which
+
+
+def load_tls_material(context: ssl.SSLContext, material: TLSMaterial) -> ssl.SSLContext:
+    """Add the webhook's CA and client certificate to ``context``; raises TLSMaterialError."""
+    if material.ca_pem is not None:
+        try:
+            context.load_verify_locations(cadata=material.ca_pem)
+        except (ssl.SSLError, ValueError) as exc:
+            raise TLSMaterialError("ca", f"not a PEM CA certificate ({_ssl_reason(exc)})") from None
+    if material.cert_pem is not None and material.key_pem is not None:
+        # ssl loads a certificate chain only from a file: an anonymous memory file, so the key
+        # never touches a disk (and a read-only root filesystem is fine).
+        fds = [os.memfd_create("tls.crt", os.MFD_CLOEXEC), os.memfd_create("tls.key", os.MFD_CLOEXEC)]
+        try:
+            for fd, text in zip(fds, (material.cert_pem, material.key_pem), strict=True):
+                os.write(fd, text.encode())
+            context.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+        except (ssl.SSLError, ValueError, OSError) as exc:
+            raise TLSMaterialError(
+                "cert", f"tls.crt and tls.key are not a matching PEM pair ({_ssl_reason(exc)})"
+            ) from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return context
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or type(exc).__name__)
+
+
+def check_tls_material(material: TLSMaterial) -> None:
+    """Whether ``material`` loads, without the system CAs (cheap: run at every reconcile)."""
+    load_tls_material(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), material)
+
+
+@dataclass
+class _TLSPool:
+    session: aiohttp.ClientSession
+    in_use: int = 0
+    last_used: float = 0.0
 
 
 class GuardedResolver(AbstractResolver):
@@ -119,42 +195,112 @@ class DeliveryClient:
         max_connections: int,
         user_agent: str,
         resolve: Resolver = system_resolve,
+        ca_bundle: str | None = None,
     ) -> None:
         self.policy = policy
+        self.ca_bundle = ca_bundle
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.user_agent = user_agent
         self._resolver = GuardedResolver(policy, resolve)
         self._session: aiohttp.ClientSession | None = None
+        self._tls_pools: dict[str, _TLSPool] = {}  # by TLSMaterial.fingerprint
+        self._closing: set[asyncio.Task[None]] = set()
+        self._tls_building: dict[str, asyncio.Future[ssl.SSLContext]] = {}
         self._targets: dict[str, URL | BlockedDestinationError] = {}
+
+    def _new_session(self, ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            ssl=ssl_context,
+            resolver=self._resolver,
+            use_dns_cache=False,  # every new connection is resolved and checked again
+            limit=self.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=KEEPALIVE_EXPIRY_SECONDS,
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            headers={"user-agent": self.user_agent},
+            trust_env=False,
+            # A receiver's cookies must never travel to another webhook on the same host.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+        )
+
+    async def _tls_pool(self, material: TLSMaterial) -> _TLSPool:
+        """The session of one TLS configuration: webhooks with the same CA and client certificate share
+        its connections; a rotated Secret has a new fingerprint, so new connections use the new material
+        while attempts already running finish on the old session, closed once idle."""
+        key = material.fingerprint
+        pool = self._tls_pools.get(key)
+        if pool is None:
+            # Loading the system CAs takes about 50 ms: built in a thread, once per configuration.
+            building = self._tls_building.get(key)
+            if building is None:
+                building = self._tls_building[key] = asyncio.ensure_future(
+                    asyncio.to_thread(self._tls_context, material)
+                )
+            try:
+                context = await asyncio.shield(building)
+            finally:
+                self._tls_building.pop(key, None)
+            pool = self._tls_pools.get(key)
+            if pool is None:
+                pool = self._tls_pools[key] = _TLSPool(self._new_session(context))
+        self._close_idle_pools(keep=key)
+        return pool
+
+    def _tls_context(self, material: TLSMaterial) -> ssl.SSLContext:
+        # On top of what every delivery trusts (system CAs, --ca-bundle): verification stays on.
+        return load_tls_material(make_ssl_context(self.ca_bundle), material)
+
+    def _close_idle_pools(self, keep: str) -> None:
+        cutoff = time.monotonic() - TLS_POOL_IDLE_SECONDS
+        for key, pool in list(self._tls_pools.items()):
+            if key != keep and pool.in_use == 0 and pool.last_used < cutoff:
+                del self._tls_pools[key]
+                task = asyncio.ensure_future(pool.session.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    @property
+    def tls_pools(self) -> int:
+        return len(self._tls_pools)
 
     def _open(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running event loop aiohttp binds to.
         if self._session is None:
-            connector = aiohttp.TCPConnector(
-                ssl=self.ssl_context,
-                resolver=self._resolver,
-                use_dns_cache=False,  # every new connection is resolved and checked again
-                limit=self.max_connections,
-                limit_per_host=0,
-                keepalive_timeout=KEEPALIVE_EXPIRY_SECONDS,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers={"user-agent": self.user_agent},
-                trust_env=False,
-                # A receiver's cookies must never travel to another webhook on the same host.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=True,
-            )
+            self._session = self._new_session(self.ssl_context)
         return self._session
 
     async def post(
-        self, url: str, body: bytes, headers: dict[str, str], *, timeout_s: float = DEFAULT_TIMEOUT_SECONDS
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
+        tls: TLSMaterial | None = None,
     ) -> DeliveryResponse:
-        """POST ``body``; raises a DeliveryError subclass when no HTTP response came back."""
+        """POST ``body`` (through the session of ``tls`` when the webhook has its own TLS);
+        raises a DeliveryError subclass when no HTTP response came back."""
+        if tls is None:
+            return await self._post(self._open(), url, body, headers, timeout_s)
+        try:
+            pool = await self._tls_pool(tls)
+        except TLSMaterialError as exc:  # checked at reconcile; only a race with a rotation gets here
+            raise DeliveryConnectError(f"TLS error: {exc}") from None
+        pool.in_use += 1
+        try:
+            return await self._post(pool.session, url, body, headers, timeout_s)
+        finally:
+            pool.in_use -= 1
+            pool.last_used = time.monotonic()
+
+    async def _post(
+        self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> DeliveryResponse:
         target = await self._target(url)
-        session = self._open()
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with session.post(target, data=body, headers=headers, allow_redirects=False, timeout=timeout) as resp:
@@ -206,6 +352,11 @@ class DeliveryClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        pools, self._tls_pools = list(self._tls_pools.values()), {}
+        for pool in pools:
+            await pool.session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def __aenter__(self) -> DeliveryClient:
         return self
@@ -248,4 +399,5 @@ def make_client(
         max_connections=max_connections,
         user_agent=user_agent,
         resolve=resolve,
+        ca_bundle=ca_bundle,
     )
