@@ -137,7 +137,7 @@ class DeliveryEngine:
         self.client = client
         self.on_delivery_final = on_delivery_final
         self.on_attempt = on_attempt
-        self._global: FairSlots[tuple[str, str] | None] = FairSlots(
+        self._global: FairSlots[tuple[str, str]] = FairSlots(
             settings.max_concurrency, reserve=int(settings.max_concurrency * RESERVE_FRACTION)
         )
         self._parked = ParkedEvents()
@@ -665,10 +665,14 @@ class DeliveryEngine:
             data=SAMPLE_DATA,
             test=True,
         )
-        async with self._global:
+        # Test payloads of all webhooks share one key of their own in the fair queue.
+        await self._global.acquire(TEST_PAYLOAD_SLOT_KEY)
+        try:
             result = await send(
                 self.client, state, body, message_id(event_id, state.uid), timeout_s=state.spec.retry.timeout_seconds
             )
+        finally:
+            self._global.release(TEST_PAYLOAD_SLOT_KEY)
         outcome: dict[str, Any] = {"event": event, "durationMs": round(result.duration_s * 1000)}
         if result.status_code is not None:
             outcome["statusCode"] = result.status_code
@@ -765,6 +769,8 @@ class DeliveryEngine:
 
 
 NOT_READY = "webhook not Ready"
+# No namespace is empty, so this key is no webhook's.
+TEST_PAYLOAD_SLOT_KEY = ("", "test payloads")
 
 
 def waiting_reason(state: WebhookState | None) -> str | None:

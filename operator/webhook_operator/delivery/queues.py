@@ -49,7 +49,10 @@ def next_key(order: Iterable[K], held: Mapping[K, int], free: int, capacity: int
 
 
 class FairSlots(Generic[K]):
-    """A semaphore of ``capacity`` slots granted round-robin over keys (see ``next_key``)."""
+    """A semaphore of ``capacity`` slots granted round-robin over keys (see ``next_key``).
+
+    Keys must not be None: ``next_key`` answers None for "no key may take a slot now".
+    """
 
     def __init__(self, capacity: int, reserve: int = 0) -> None:
         self.capacity = capacity
@@ -112,11 +115,6 @@ class FairSlots(Generic[K]):
             self._take(key)
             future.set_result(None)
 
-    async def __aenter__(self) -> None:  # the unkeyed use (test payloads) shares one key
-        await self.acquire(None)  # type: ignore[arg-type]
-
-    async def __aexit__(self, *_: object) -> None:
-        self.release(None)  # type: ignore[arg-type]
 
 
 @dataclass
