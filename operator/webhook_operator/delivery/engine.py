@@ -20,6 +20,9 @@ from typing import Any
 
 from webhook_operator.apiretry import backoff_delay, is_transient, retry_after_of, with_retries
 from webhook_operator.delivery.attempt import AttemptResult, send
+from webhook_operator.delivery.ordering import OrderingGate, OrderKey, order_key
+from webhook_operator.delivery.ratelimit import TokenBucket
+from webhook_operator.delivery.redelivery import REDELIVER, REPLAY, Request, pending_request
 from webhook_operator.delivery.retention import Retention
 from webhook_operator.delivery.transport import DeliveryClient
 from webhook_operator.filter import filter_input
@@ -30,7 +33,6 @@ from webhook_operator.metrics import Metrics
 from webhook_operator.model import (
     FINAL_OUTCOMES,
     FINAL_PHASES,
-    REDELIVER_ANNOTATION,
     format_time,
     format_time_ms,
     now,
@@ -57,6 +59,7 @@ QUEUED_PER_SLOT = 4
 # ...or while this many events have not finished their first round of attempts, whatever holds them.
 MAX_FIRST_ROUNDS = 10_000
 
+WebhookKey = tuple[str, str, str]  # (namespace, name, uid)
 DeliveryCallback = Callable[[WebhookState, bool, int | None], None]
 AttemptCallback = Callable[[WebhookState, AttemptResult], None]
 
@@ -86,19 +89,20 @@ class EventJob:
     in_first_round: bool = True
     generation: int | None = None  # metadata.generation, written back as status.observedGeneration
     conditions: list[dict[str, Any]] = field(default_factory=list)  # as last read or written
+    replay: dict[str, Any] | None = None  # status.replay: the last replay request answered
+    order: OrderKey = ("", "", "")  # spec.ordering: (creationTimestamp, namespace, name)
 
     @property
-    def handled_redelivery(self) -> str | None:
-        """The redeliver-requested-at value this job answers (or last answered), if any."""
-        value = (self.redelivery or {}).get("requestedAt")
-        return str(value) if value else None
+    def handled(self) -> tuple[str | None, ...]:
+        """The redeliver and replay values this job answers (or last answered)."""
+        return ((self.redelivery or {}).get("requestedAt"), (self.replay or {}).get("requestedAt"))
 
 
 @dataclass(frozen=True)
 class Finished:
     """An event this engine finished moments ago: watch events from before its final write may follow."""
 
-    handled_redelivery: str | None
+    handled: tuple[str | None, ...]
     clock: float
 
 
@@ -142,6 +146,14 @@ class DeliveryEngine:
         self._capacity = asyncio.Event()  # set when the backlog has shrunk since the last wait
         self._stopping = asyncio.Event()  # set by drain(): no new attempts, no new events
         self.status_writes = 0
+        # spec.ordering: open deliveries per webhook, in event creation order. Ordered deliveries wait
+        # until the first full list of events is in (set by the runtime), so that the order after a
+        # restart is rebuilt from every recorded event, not from the first page.
+        self.ordering = OrderingGate()
+        self.order_ready = asyncio.Event()
+        self._order_moved: dict[WebhookKey, asyncio.Event] = {}
+        # spec.rateLimit: one bucket per webhook (uid included: a recreated webhook starts full).
+        self._buckets: dict[WebhookKey, tuple[TokenBucket, asyncio.Lock]] = {}
 
     # -- watch entry point --------------------------------------------------------------
     async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
@@ -156,25 +168,25 @@ class DeliveryEngine:
             self.retention.forget(uid)
             return
         status = body.get("status") or {}
-        redeliver = (meta.get("annotations") or {}).get(REDELIVER_ANNOTATION)
-        handled = (status.get("redelivery") or {}).get("requestedAt")
         job = self._jobs.get(uid)
         if job is not None:
             # Whatever the version of this object: a request not yet answered is answered next.
-            if redeliver and redeliver not in (handled, job.handled_redelivery):
-                job.next_redelivery = redeliver
+            request = pending_request(meta, status, job.handled)
+            if request is not None:
+                job.next_redelivery = request.value
             return
         finished = self._finished.get(uid)
         if finished is not None:
             # Echo of our own writes, or older: only a new redelivery request counts, and it is taken
             # from a fresh read, since this copy's status may predate our final write.
-            if redeliver and redeliver not in (handled, finished.handled_redelivery):
+            if pending_request(meta, status, finished.handled) is not None:
                 self._redeliver_fresh(meta.get("namespace", ""), meta.get("name", ""), uid)
             return
         if status.get("phase") in FINAL_PHASES:
-            if redeliver and redeliver != handled:
+            request = pending_request(meta, status)
+            if request is not None:
                 self.retention.forget(uid)
-                self._start(self._job_from(body, redeliver=redeliver))
+                self._start(self._job_from(body, request=request))
             else:
                 self._expire_later(body)
             return
@@ -187,7 +199,7 @@ class DeliveryEngine:
         if not job.final_written:
             self._finished.pop(job.uid, None)  # not finished: a later watch event may resume it
             return
-        self._finished[job.uid] = Finished(job.handled_redelivery, clock)
+        self._finished[job.uid] = Finished(job.handled, clock)
         self._finished.move_to_end(job.uid)
 
     def _redeliver_fresh(self, namespace: str, name: str, uid: str) -> None:
@@ -209,19 +221,23 @@ class DeliveryEngine:
             self._fetching.discard(uid)
         if body is None or (body.get("metadata") or {}).get("uid") != uid or uid in self._jobs:
             return
-        redeliver = ((body.get("metadata") or {}).get("annotations") or {}).get(REDELIVER_ANNOTATION)
-        handled = ((body.get("status") or {}).get("redelivery") or {}).get("requestedAt")
-        if redeliver and redeliver != handled:
-            self._start(self._job_from(body, redeliver=redeliver))
+        request = pending_request(body.get("metadata") or {}, body.get("status") or {})
+        if request is not None:
+            self._start(self._job_from(body, request=request))
 
-    def _job_from(self, body: dict[str, Any], *, redeliver: str | None = None) -> EventJob:
+    def _job_from(
+        self, body: dict[str, Any], *, request: Request | None = None, redeliver: str | None = None
+    ) -> EventJob:
+        """The job for an event; ``request`` (or a redeliver annotation value) starts its deliveries over."""
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+        if redeliver and request is None:
+            request = Request(REDELIVER, redeliver)
         created = parse_time(meta.get("creationTimestamp")) or now()
         deliveries = [dict(d) for d in status.get("deliveries") or ()]
-        redelivery = status.get("redelivery")
-        if redeliver:
+        answered = {REDELIVER: status.get(REDELIVER), REPLAY: status.get(REPLAY)}
+        if request is not None:
             for entry in deliveries:
-                if entry.get("outcome") == "Failed":
+                if request.selects(entry):
                     entry.update(outcome="Pending", attempts=0)
                     for key in (
                         "statusCode",
@@ -231,9 +247,10 @@ class DeliveryEngine:
                         "durationMs",
                         "firstAttemptTime",
                         "lastAttemptTime",
+                        "rateLimitedMs",
                     ):
                         entry.pop(key, None)
-            redelivery = {"requestedAt": redeliver, "startedAt": format_time(now())}
+            answered[request.kind] = {"requestedAt": request.value, "startedAt": format_time(now())}
         generation = meta.get("generation")
         return EventJob(
             namespace=meta["namespace"],
@@ -244,7 +261,9 @@ class DeliveryEngine:
             event_id=str(spec.get("eventId") or meta["uid"]),
             data=spec.get("data"),
             deliveries=deliveries,
-            redelivery=redelivery,
+            redelivery=answered[REDELIVER],
+            replay=answered[REPLAY],
+            order=order_key(format_time(created), meta["namespace"], meta["name"]),
             generation=generation if isinstance(generation, int) else None,
             conditions=list(status.get("conditions") or ()),
         )
@@ -290,7 +309,7 @@ class DeliveryEngine:
     async def _run(self, job: EventJob) -> None:
         self._dequeued()
         try:
-            fresh = not job.deliveries and job.redelivery is None
+            fresh = not job.deliveries and job.redelivery is None and job.replay is None
             if fresh:
                 payload = filter_input(job.event, job.event_id, job.created_at, job.data)
                 targets = self.index.subscribers(job.namespace, job.event, payload)
@@ -316,6 +335,7 @@ class DeliveryEngine:
     async def _deliver(self, job: EventJob, entry: dict[str, Any]) -> None:
         name = entry["webhook"]
         counted: WebhookState | None = None  # the webhook whose deliveries_pending counts this delivery
+        ordered_as: WebhookKey | None = None  # where this delivery stands in its webhook's order
 
         def count_pending(state: WebhookState | None) -> None:
             nonlocal counted
@@ -338,6 +358,12 @@ class DeliveryEngine:
                 assert state is not None
                 if counted is not state:
                     count_pending(state)
+                if ordered_as != (state.namespace, name, state.uid):
+                    if ordered_as is not None:
+                        self._unorder(ordered_as, job.order)
+                    ordered_as = (state.namespace, name, state.uid)
+                    self.ordering.add(ordered_as, job.order)
+                    self._order_gauge(ordered_as, state)
                 if ending == NOT_READY:
                     # Not Ready for now (a Secret being recreated, an API error while reconciling):
                     # the attempt waits, and is not counted, until the webhook is Ready again.
@@ -351,13 +377,24 @@ class DeliveryEngine:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopping.wait(), min(delay, NOT_READY_RECHECK_S * 30))
                         continue  # the webhook may have changed while we waited
+                if state.spec.ordered and not (
+                    self.order_ready.is_set() and self.ordering.may_attempt(ordered_as, job.order)
+                ):
+                    # Behind an earlier event of this webhook that is not final yet: wait, holding no slot.
+                    self._first_round_over(job)
+                    await self._wait_for_turn(ordered_as, state)
+                    continue
                 job.running += 1
                 count_pending(None)
+                self.ordering.attempt_started(ordered_as)
                 try:
                     result = await self._attempt(job, entry, state)
                 except _Stopped:  # shutting down before the request was sent: the entry stays as it was
                     await self._round_done(job)
                     return
+                finally:
+                    self.ordering.attempt_ended(ordered_as)
+                    self._wake(ordered_as)
                 final = self._apply(entry, result, state)
                 if final and self._live(state):
                     succeeded = entry["outcome"] == "Succeeded"
@@ -368,6 +405,66 @@ class DeliveryEngine:
                     return
         finally:
             count_pending(None)
+            if ordered_as is not None:
+                self._unorder(ordered_as, job.order)
+
+    # -- spec.ordering --------------------------------------------------------------------
+    def _unorder(self, webhook: WebhookKey, key: OrderKey) -> None:
+        self.ordering.remove(webhook, key)
+        self._wake(webhook)
+        state = self.index.get(webhook[0], webhook[1])
+        if state is not None and state.uid == webhook[2]:
+            self._order_gauge(webhook, state)
+
+    def _wake(self, webhook: WebhookKey) -> None:
+        moved = self._order_moved.pop(webhook, None)
+        if moved is not None:
+            moved.set()
+
+    def _order_gauge(self, webhook: WebhookKey, state: WebhookState) -> None:
+        blocked = self.ordering.blocked(webhook) if state.spec.ordered else 0
+        self.metrics.ordered_blocked.labels(state.namespace, state.name).set(blocked)
+
+    async def _wait_for_turn(self, webhook: WebhookKey, state: WebhookState) -> None:
+        """Until the order of this webhook moves (or a second passes: the spec may have changed)."""
+        moved = self._order_moved.setdefault(webhook, asyncio.Event())
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(moved.wait(), NOT_READY_RECHECK_S)
+        if self._live(state):
+            self.metrics.ordered_wait(state.namespace, state.name, time.monotonic() - started)
+            self._order_gauge(webhook, state)
+
+    # -- spec.rateLimit -------------------------------------------------------------------
+    def _bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+        key = (state.namespace, state.name, state.uid)
+        limit = state.spec.rate_limit
+        if limit is None:
+            self._buckets.pop(key, None)
+            return None
+        held = self._buckets.get(key)
+        if held is None:
+            held = self._buckets[key] = (TokenBucket(limit, time.monotonic()), asyncio.Lock())
+        else:
+            held[0].reconfigure(limit, time.monotonic())
+        return held
+
+    async def _wait_for_token(self, state: WebhookState, bucket: TokenBucket, lock: asyncio.Lock) -> float:
+        """Wait, holding no slot, until the webhook's bucket has a token; the seconds waited.
+
+        Waiters take turns (the lock), so one wakes per token rather than all of them.
+        """
+        async with lock:
+            delay = bucket.delay(time.monotonic())
+            if delay <= 0:
+                return 0.0
+            started = time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            waited = time.monotonic() - started
+        if self._live(state):
+            self.metrics.rate_limited(state.namespace, state.name, waited)
+        return waited
 
     def _live(self, state: WebhookState) -> bool:
         """Whether ``state`` is still the index's webhook of its name: a deleted one's metrics stay gone."""
@@ -379,23 +476,41 @@ class DeliveryEngine:
             hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.event_id, data=job.data
         )
         assert state.limiter is not None
-        # The webhook's own slot first: attempts queued behind a slow webhook hold no global slot.
-        async with state.limiter:
-            self._queued += 1
-            try:
-                await self._global.acquire()
-            finally:
-                self._dequeued()
-            if self._stopping.is_set():
-                self._global.release()
-                raise _Stopped()
-            self.metrics.in_flight.labels(job.namespace, state.name).inc()
-            try:
-                result = await send(self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds)
-            finally:
-                if self._live(state):
-                    self.metrics.in_flight.labels(job.namespace, state.name).dec()
-                self._global.release()
+        held = self._bucket(state)
+        waited = 0.0
+        while True:
+            if held is not None:
+                # spec.rateLimit: wait for a token before taking any slot, then take it with the slots.
+                waited += await self._wait_for_token(state, *held)
+                if self._stopping.is_set():
+                    raise _Stopped()
+            # The webhook's own slot first: attempts queued behind a slow webhook hold no global slot.
+            async with state.limiter:
+                self._queued += 1
+                try:
+                    await self._global.acquire()
+                finally:
+                    self._dequeued()
+                if self._stopping.is_set():
+                    self._global.release()
+                    raise _Stopped()
+                if held is not None and not held[0].try_take(time.monotonic()):
+                    self._global.release()  # another attempt took the token meanwhile: wait again
+                    continue
+                self.metrics.in_flight.labels(job.namespace, state.name).inc()
+                try:
+                    result = await send(
+                        self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds
+                    )
+                finally:
+                    if self._live(state):
+                        self.metrics.in_flight.labels(job.namespace, state.name).dec()
+                    self._global.release()
+                break
+        if waited > 0:
+            entry["rateLimitedMs"] = round(waited * 1000)  # the request log shows the wait
+        else:
+            entry.pop("rateLimitedMs", None)
         if self._live(state):
             self.metrics.attempt(
                 job.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
@@ -496,6 +611,8 @@ class DeliveryEngine:
             status["completionTime"] = job.completion_time
         if job.redelivery is not None:
             status["redelivery"] = job.redelivery
+        if job.replay is not None:
+            status["replay"] = job.replay
         return status
 
     # -- test payloads ------------------------------------------------------------------
