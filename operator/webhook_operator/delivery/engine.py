@@ -52,6 +52,10 @@ NOT_READY_RECHECK_S = 1.0
 # Deletions of expired events in flight at once: at a busy API server's 100-150 ms per request,
 # 10 fell behind the 60 events/s the operator completes (measured by the benchmark's soak).
 EXPIRY_CONCURRENCY = 32
+# A wait for a rate-limit token shorter than this is no wait (the lock, the event loop).
+MIN_RATE_WAIT_S = 0.001
+# A wait for a token looks at the webhook's spec again this often: a changed limit applies to waiters.
+RATE_RECHECK_S = 1.0
 SAMPLE_DATA = {"id": "sample_0001", "sample": True}
 # Backpressure (see DeliveryEngine.backlogged): the watch pauses, and the rest of a backlog waits in
 # the API server, while this many deliveries per unit of --max-concurrency queue for a global slot...
@@ -449,19 +453,32 @@ class DeliveryEngine:
             held[0].reconfigure(limit, time.monotonic())
         return held
 
-    async def _wait_for_token(self, state: WebhookState, bucket: TokenBucket, lock: asyncio.Lock) -> float:
+    def _current_bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+        """The bucket of the webhook's current spec (a reconcile may have replaced ``state`` meanwhile)."""
+        current = self.index.get(state.namespace, state.name)
+        return self._bucket(current if current is not None and current.uid == state.uid else state)
+
+    async def _wait_for_token(self, state: WebhookState, held: tuple[TokenBucket, asyncio.Lock]) -> float:
         """Wait, holding no slot, until the webhook's bucket has a token; the seconds waited.
 
-        Waiters take turns (the lock), so one wakes per token rather than all of them.
+        Waiters take turns (the lock), so one wakes per token rather than all of them; the spec is
+        looked at again every RATE_RECHECK_S, so a changed or removed limit applies to waiters too.
         """
-        async with lock:
-            delay = bucket.delay(time.monotonic())
-            if delay <= 0:
-                return 0.0
-            started = time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
-            waited = time.monotonic() - started
+        started = time.monotonic()
+        bucket, lock = held
+        async with lock:  # the turn of the attempts queued before this one counts as waiting too
+            while not self._stopping.is_set():
+                now_held = self._current_bucket(state)
+                if now_held is None or now_held[0] is not bucket:
+                    break  # the limit was removed
+                delay = bucket.delay(time.monotonic())
+                if delay <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(delay, RATE_RECHECK_S))
+        waited = time.monotonic() - started
+        if waited < MIN_RATE_WAIT_S:
+            return 0.0
         if self._live(state):
             self.metrics.rate_limited(state.namespace, state.name, waited)
         return waited
@@ -476,12 +493,12 @@ class DeliveryEngine:
             hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.event_id, data=job.data
         )
         assert state.limiter is not None
-        held = self._bucket(state)
         waited = 0.0
         while True:
+            held = self._current_bucket(state)
             if held is not None:
                 # spec.rateLimit: wait for a token before taking any slot, then take it with the slots.
-                waited += await self._wait_for_token(state, *held)
+                waited += await self._wait_for_token(state, held)
                 if self._stopping.is_set():
                     raise _Stopped()
             # The webhook's own slot first: attempts queued behind a slow webhook hold no global slot.
@@ -494,6 +511,7 @@ class DeliveryEngine:
                 if self._stopping.is_set():
                     self._global.release()
                     raise _Stopped()
+                held = self._current_bucket(state)
                 if held is not None and not held[0].try_take(time.monotonic()):
                     self._global.release()  # another attempt took the token meanwhile: wait again
                     continue
