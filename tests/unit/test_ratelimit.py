@@ -79,3 +79,13 @@ def test_spec_parsing() -> None:
     assert default_burst(0.2) == 1
     assert not parse_webhook_spec(base).ordered
     assert parse_webhook_spec({**base, "ordering": "Ordered"}).ordered
+
+
+def test_take_after_a_lowered_limit_leaves_a_debt_that_later_waiters_wait_off() -> None:
+    bucket = TokenBucket(RateLimit(1.0, 1), clock=0.0)
+    assert bucket.delay(0.0) == 0.0  # a waiter's turn: a token is there
+    bucket.take(0.0)
+    bucket.take(0.0)  # taken again (the limit changed under it): a debt, not a second free request
+    assert bucket.delay(0.0) == pytest.approx(2.0)
+    assert not bucket.try_take(1.5)
+    assert bucket.try_take(2.0)

@@ -388,11 +388,19 @@ class DeliveryEngine:
                     self._first_round_over(job)
                     await self._wait_for_turn(ordered_as, state)
                     continue
+                token_turn: asyncio.Lock | None = None
+                rate_waited = 0.0
+                held = self._current_bucket(state)
+                if held is not None:
+                    # spec.rateLimit: wait for a token outside the round (the other webhooks' results get
+                    # written) holding no slot; this delivery keeps the turn until _attempt takes the token.
+                    token_turn = held[1]
+                    rate_waited = await self._wait_for_token(state, held)
                 job.running += 1
                 count_pending(None)
                 self.ordering.attempt_started(ordered_as)
                 try:
-                    result = await self._attempt(job, entry, state)
+                    result = await self._attempt(job, entry, state, rate_waited, token_turn)
                 except _Stopped:  # shutting down before the request was sent: the entry stays as it was
                     await self._round_done(job)
                     return
@@ -459,14 +467,16 @@ class DeliveryEngine:
         return self._bucket(current if current is not None and current.uid == state.uid else state)
 
     async def _wait_for_token(self, state: WebhookState, held: tuple[TokenBucket, asyncio.Lock]) -> float:
-        """Wait, holding no slot, until the webhook's bucket has a token; the seconds waited.
+        """Take the webhook's turn (its lock) and wait, holding no slot, until its bucket has a token;
+        the seconds waited, the turn included. The caller passes the turn on to ``_attempt``.
 
-        Waiters take turns (the lock), so one wakes per token rather than all of them; the spec is
-        looked at again every RATE_RECHECK_S, so a changed or removed limit applies to waiters too.
+        Waiters queue for the turn oldest first, so one wakes per token rather than all of them; the
+        spec is looked at again every RATE_RECHECK_S, so a changed or removed limit applies to waiters.
         """
         started = time.monotonic()
-        bucket, lock = held
-        async with lock:  # the turn of the attempts queued before this one counts as waiting too
+        bucket, turn = held
+        await turn.acquire()
+        try:
             while not self._stopping.is_set():
                 now_held = self._current_bucket(state)
                 if now_held is None or now_held[0] is not bucket:
@@ -476,6 +486,9 @@ class DeliveryEngine:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), min(delay, RATE_RECHECK_S))
+        except BaseException:
+            turn.release()
+            raise
         waited = time.monotonic() - started
         if waited < MIN_RATE_WAIT_S:
             return 0.0
@@ -488,19 +501,29 @@ class DeliveryEngine:
         current = self.index.get(state.namespace, state.name)
         return current is not None and current.uid == state.uid
 
-    async def _attempt(self, job: EventJob, entry: dict[str, Any], state: WebhookState) -> AttemptResult:
+    async def _attempt(
+        self,
+        job: EventJob,
+        entry: dict[str, Any],
+        state: WebhookState,
+        waited: float = 0.0,
+        token_turn: asyncio.Lock | None = None,
+    ) -> AttemptResult:
+        """One attempt. With ``token_turn`` (the webhook's rate-limit turn, held by this delivery), the
+        token is taken once the slots are held, at the moment of sending, and the turn passed on."""
         body = build_body(
             hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.event_id, data=job.data
         )
         assert state.limiter is not None
-        waited = 0.0
-        while True:
-            held = self._current_bucket(state)
-            if held is not None:
-                # spec.rateLimit: wait for a token before taking any slot, then take it with the slots.
-                waited += await self._wait_for_token(state, held)
-                if self._stopping.is_set():
-                    raise _Stopped()
+        turn = token_turn
+
+        def end_turn() -> None:
+            nonlocal turn
+            if turn is not None:
+                turn.release()
+                turn = None
+
+        try:
             # The webhook's own slot first: attempts queued behind a slow webhook hold no global slot.
             async with state.limiter:
                 self._queued += 1
@@ -511,10 +534,11 @@ class DeliveryEngine:
                 if self._stopping.is_set():
                     self._global.release()
                     raise _Stopped()
-                held = self._current_bucket(state)
-                if held is not None and not held[0].try_take(time.monotonic()):
-                    self._global.release()  # another attempt took the token meanwhile: wait again
-                    continue
+                if turn is not None:
+                    held = self._current_bucket(state)
+                    if held is not None:
+                        held[0].take(time.monotonic())
+                    end_turn()
                 self.metrics.in_flight.labels(job.namespace, state.name).inc()
                 try:
                     result = await send(
@@ -524,7 +548,8 @@ class DeliveryEngine:
                     if self._live(state):
                         self.metrics.in_flight.labels(job.namespace, state.name).dec()
                     self._global.release()
-                break
+        finally:
+            end_turn()
         if waited > 0:
             entry["rateLimitedMs"] = round(waited * 1000)  # the request log shows the wait
         else:

@@ -1,8 +1,9 @@
 """``spec.rateLimit``: one token bucket per webhook (pure; the clock is passed in).
 
-A token is taken at the moment an attempt is sent, while it holds its slots; an attempt without a
-token releases its slots and waits for one. So the receiver sees at most ``burst`` requests at once
-and ``requestsPerSecond`` sustained: in any window of ``t`` seconds, at most ``burst + rate * t``.
+An attempt waits for a token holding no slot, keeping the webhook's turn so that the next one waits
+behind it, and takes the token at the moment it is sent, once it holds its slots. So the receiver
+sees at most ``burst`` requests at once and ``requestsPerSecond`` sustained: in any window of ``t``
+seconds, at most ``burst + rate * t``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class TokenBucket:
             self.tokens = max(0.0, self.tokens - 1.0)
             return True
         return False
+
+    def take(self, clock: float) -> None:
+        """Take a token the caller waited for (``delay`` was 0); should the limit have changed since,
+        the bucket goes into debt and the next waiters wait it off, so the bound still holds."""
+        self._refill(clock)
+        self.tokens -= 1.0
 
     def reconfigure(self, limit: RateLimit, clock: float) -> None:
         """A spec change: tokens earned so far are kept (at most the new burst), then refill at the new rate.
