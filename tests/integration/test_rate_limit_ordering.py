@@ -106,6 +106,29 @@ def test_a_rate_limit_change_applies_to_attempts_already_waiting(
     assert got[-1].at - started < 4.0  # the waiting attempts picked up the new rate
 
 
+def test_attempts_waiting_for_tokens_hold_no_slot_and_other_webhooks_go_on(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator
+) -> None:
+    # Two global slots only: were waiting attempts holding one, the second webhook would wait too.
+    start_operator(namespace, "--max-concurrency", "2", "--per-webhook-concurrency", "1")
+    slow = webhook_manifest("slow", receiver.url("/slow"), ["User.*"], rateLimit={"requestsPerSecond": 0.5, "burst": 1})
+    apply(kubectl, namespace, slow)
+    apply(kubectl, namespace, webhook_manifest("fast", receiver.url("/fast"), ["Order.*"]))
+    wait_ready(kubectl, namespace, "slow")
+    wait_ready(kubectl, namespace, "fast")
+    create_many(kubectl, namespace, 8)
+    receiver.wait_for(1, "/slow", timeout=30)
+    started = time.time()
+    items = [event_manifest("Order.Paid", {"n": i}, name=f"order-{i}") for i in range(6)]
+    kubectl(
+        "create", "-n", namespace, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+    )
+    got = receiver.wait_for(6, "/fast", timeout=30)
+    assert got[-1].at - started < 3.0
+    assert len(receiver.received("/slow")) <= 3  # still throttled meanwhile
+    assert wait_event_final(kubectl, namespace, "order-5")["status"]["phase"] == "Delivered"
+
+
 def data_n(request: Received) -> int:
     return int(json.loads(request.body)["data"]["n"])
 
