@@ -4,6 +4,30 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def up_down_status(command: str, action: str, state_dir: Path) -> int:
+    """``cluster`` (the control plane) or ``node`` (the control plane plus a kubelet node)."""
+    from devcluster import binaries
+    from devcluster.controlplane import ControlPlane, ControlPlaneError
+    from devcluster.node import Node, NodeError
+
+    plane = ControlPlane(state_dir.resolve())
+    target: ControlPlane | Node = plane if command == "cluster" else Node(plane)
+    try:
+        if action == "up":
+            target.up()
+        elif action == "down":
+            target.down()  # the control plane's down stops its node first
+        else:
+            running = target.running()
+            print("running" if running else "stopped")
+            return 0 if running else 1
+    except (ControlPlaneError, NodeError, binaries.BinariesUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,17 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     dev.add_argument("--receiver-port", type=int, default=9443)
     args = parser.parse_args(argv)
 
-    if args.command == "cluster":
-        from devcluster import controlplane
-
-        return controlplane.main([args.action, "--state-dir", args.state_dir])
-    if args.command == "node":
-        from devcluster import node as node_module
-
-        return node_module.main([args.action, "--state-dir", args.state_dir])
+    if args.command in ("cluster", "node"):
+        return up_down_status(args.command, args.action, Path(args.state_dir))
     if args.command == "image":
-        from pathlib import Path
-
         from devcluster import image as image_module
 
         return image_module.main(Path(args.state_dir).resolve())

@@ -321,29 +321,3 @@ class ControlPlane:
         shutil.rmtree(self.state_dir, ignore_errors=True)
         if not quiet:
             _log(f"stopped; removed {self.state_dir}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="webhook-operator cluster", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--state-dir", default=".cluster", type=Path)
-    args = parser.parse_args(argv)
-    plane = ControlPlane(args.state_dir.resolve())
-    try:
-        if args.action == "up":
-            plane.up()
-        elif args.action == "down":
-            plane.down()
-        else:
-            print("running" if plane.running() else "stopped")
-            return 0 if plane.running() else 1
-    except (ControlPlaneError, binaries.BinariesUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

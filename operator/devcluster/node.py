@@ -86,6 +86,12 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> None:
             time.sleep(0.1)
 
 
+def _plane_at(state_dir: Path) -> ControlPlane:
+    from devcluster.controlplane import ControlPlane
+
+    return ControlPlane(state_dir)
+
+
 def missing_host_commands() -> list[str]:
     missing = [c for c in HOST_COMMANDS if shutil.which(c) is None and not Path("/usr/sbin", c).exists()]
     missing += [f"{CNI_DIR}/{p}" for p in CNI_PLUGINS if not (CNI_DIR / p).exists()]
@@ -383,12 +389,21 @@ class Node:
             owner = OWNER_FILE.read_text().strip()
         except OSError:
             owner = ""
-        if owner and owner != mine and (Path(owner) / "node" / "state.json").exists():
-            raise NodeError(
-                f"a node of the cluster in {owner} runs on this machine (one node per machine); "
-                f"stop it first: python -m devcluster cluster down --state-dir {owner}"
-            )
+        if owner and owner != mine:
+            other = Node(_plane_at(Path(owner)))
+            if other.alive():
+                raise NodeError(
+                    f"a node of the cluster in {owner} runs on this machine (one node per machine); "
+                    f"stop it first: python -m devcluster cluster down --state-dir {owner}"
+                )
+            # Left behind by a run that was killed: undo its host changes before taking over.
+            other.down(quiet=True)
+            HOST_RUN.mkdir(parents=True, exist_ok=True)
         OWNER_FILE.write_text(mine)
+
+    def alive(self) -> bool:
+        """Whether any process of this node still runs."""
+        return any(_alive(int(pid)) for pid in self._state().get("pids", {}).values())
 
     def _host_network(self) -> None:
         if _run("ip", "link", "show", BRIDGE, check=False).strip() == "":
@@ -576,27 +591,3 @@ class Node:
                     subprocess.run([command, "-t", table, "-F", chain], capture_output=True, check=False)
                 for chain in (r.split()[1] for r in ours):
                     subprocess.run([command, "-t", table, "-X", chain], capture_output=True, check=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from devcluster.controlplane import ControlPlane, ControlPlaneError
-
-    parser = argparse.ArgumentParser(prog="python -m devcluster node", description=__doc__)
-    parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--state-dir", default=".cluster", type=Path)
-    args = parser.parse_args(argv)
-    node = Node(ControlPlane(args.state_dir.resolve()))
-    try:
-        if args.action == "up":
-            node.up()
-        elif args.action == "down":
-            node.down()
-        else:
-            print("running" if node.running() else "stopped")
-            return 0 if node.running() else 1
-    except (NodeError, ControlPlaneError, binaries.BinariesUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0

@@ -65,6 +65,9 @@ class OperatorProcess:
             if self.ready_line in self.log_path.read_bytes()[offset:].decode(errors="replace") and self._healthy():
                 return self
             time.sleep(0.1)
+        # Not ready: stop it here, the caller never gets a handle to stop it with.
+        self.proc.kill()
+        self.proc.wait()
         raise AssertionError(f"operator not ready after {timeout}s:\n{self.log()[-3000:]}")
 
     def _healthy(self) -> bool:
