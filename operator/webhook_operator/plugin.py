@@ -142,6 +142,8 @@ def log_rows(events: Sequence[dict[str, Any]], webhook: str, since: dt.datetime,
                         entry.get("attempts", 0),
                         entry.get("statusCode", "-"),
                         f"{entry.get('durationMs', 0)}ms",
+                        # spec.rateLimit: how long the last attempt waited for a token
+                        f"{entry['rateLimitedMs'] / 1000:.1f}s" if entry.get("rateLimitedMs") else "-",
                         entry.get("error", ""),
                     ],
                 )
@@ -162,7 +164,9 @@ def cmd_logs(api: Any, args: argparse.Namespace) -> int:
         kind = "failed requests" if args.failed else "requests"
         print(f"no {kind} for webhook {args.namespace}/{args.name} in the last {args.since}")
         return 0
-    print(table(["TIME", "EVENT", "WEBHOOKEVENT", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "ERROR"], rows))
+    print(
+        table(["TIME", "EVENT", "WEBHOOKEVENT", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "WAITED", "ERROR"], rows)
+    )
     return 0
 
 

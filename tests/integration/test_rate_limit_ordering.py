@@ -71,6 +71,9 @@ def test_the_receiver_never_sees_more_than_burst_plus_the_sustained_rate(
         waits.append(entry.get("rateLimitedMs", 0))
     assert sum(1 for w in waits if w > 0) >= count - burst - 2
     assert max(waits) >= 2000  # the last ones waited for about (count - burst) / rate seconds
+    log = kubectl("webhooks", "logs", "limited", "-n", namespace).stdout.splitlines()
+    assert log[0].split()[7] == "WAITED"
+    assert sum(1 for line in log[1:] if line.split()[7] != "-") >= count - burst - 2
     text = operator.metrics()
     waited = metric_value(
         text, "webhook_operator_rate_limit_wait_seconds_total", namespace=namespace, webhook="limited"

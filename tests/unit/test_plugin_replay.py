@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from webhook_operator.plugin import build_parser, replay_progress, replay_targets
+from webhook_operator.plugin import build_parser, log_rows, replay_progress, replay_targets
 
 SINCE = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -48,3 +48,13 @@ def test_progress_counts_only_answers_to_this_replay() -> None:
 def test_since_is_required() -> None:
     args = build_parser().parse_args(["replay", "hook", "--since", "2h", "--failed-only", "--wait"])
     assert (args.name, args.since, args.failed_only, args.wait) == ("hook", "2h", True, True)
+
+
+def test_the_request_log_shows_the_rate_limit_wait() -> None:
+    waited = {"webhook": "a", "outcome": "Succeeded", "lastAttemptTime": "2026-01-01T12:30:00Z", "rateLimitedMs": 2500}
+    events = [
+        {"metadata": {"name": "e", "creationTimestamp": "2026-01-01T12:30:00Z"}, "status": {"deliveries": [waited]}}
+    ]
+    assert log_rows(events, "a", SINCE, failed_only=False)[0][7] == "2.5s"
+    waited.pop("rateLimitedMs")
+    assert log_rows(events, "a", SINCE, failed_only=False)[0][7] == "-"
