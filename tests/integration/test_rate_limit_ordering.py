@@ -109,6 +109,26 @@ def test_a_rate_limit_change_applies_to_attempts_already_waiting(
     assert got[-1].at - started < 4.0  # the waiting attempts picked up the new rate
 
 
+def test_attempts_waiting_for_a_token_of_a_deleted_webhook_are_not_sent(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator
+) -> None:
+    start_operator(namespace)
+    apply(
+        kubectl,
+        namespace,
+        webhook_manifest("gone", receiver.url("/gone"), rateLimit={"requestsPerSecond": 0.25, "burst": 1}),
+    )
+    wait_ready(kubectl, namespace, "gone")
+    names = create_many(kubectl, namespace, 3)
+    receiver.wait_for(1, "/gone", timeout=30)
+    kubectl("delete", "-n", namespace, "webhook/gone")
+    for name in names[1:]:
+        entry = wait_event_final(kubectl, namespace, name, timeout=30)["status"]["deliveries"][0]
+        assert (entry["outcome"], entry["error"]) == ("Failed", "not delivered: webhook deleted")
+    time.sleep(4.5)  # past the next token
+    assert len(receiver.received("/gone")) == 1
+
+
 def test_attempts_waiting_for_tokens_hold_no_slot_and_other_webhooks_go_on(
     kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator
 ) -> None:

@@ -396,6 +396,9 @@ class DeliveryEngine:
                     # written) holding no slot; this delivery keeps the turn until _attempt takes the token.
                     token_turn = held[1]
                     rate_waited = await self._wait_for_token(state, held)
+                    if self.index.get(job.namespace, name) is not state or waiting_reason(state) is not None:
+                        token_turn.release()  # deleted, disabled or not Ready while it waited: look again
+                        continue
                 job.running += 1
                 count_pending(None)
                 self.ordering.attempt_started(ordered_as)
