@@ -22,7 +22,7 @@ KubectlFn = Callable[..., subprocess.CompletedProcess[str]]
 KIND_CLUSTER_NAME = "webhook-operator-test"
 KIND_NODE_IMAGE = "kindest/node:v1.32.2"
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.nats"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

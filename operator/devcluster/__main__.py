@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("system", help="install the Debian packages the tests and the node need (as root)")
     dev = sub.add_parser("dev", help="local control plane + CRDs + operator (--dev) + demo receiver + examples")
     dev.add_argument("--receiver-port", type=int, default=9443)
+    dev.add_argument(
+        "--no-event-bus",
+        dest="event_bus",
+        action="store_false",
+        help="CR mode only: no local nats-server (JetStream) and no --event-bus",
+    )
     args = parser.parse_args(argv)
 
     if args.command in ("cluster", "node"):
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dev":
         from devcluster import devloop
 
-        return devloop.main(receiver_port=args.receiver_port)
+        return devloop.main(receiver_port=args.receiver_port, event_bus=args.event_bus)
     return 2
 
 

@@ -1,4 +1,8 @@
-"""`make dev`: local control plane, CRDs, the operator in --dev mode, a demo receiver, the examples.
+"""`make dev`: local control plane, CRDs, a local JetStream, the operator in --dev mode, a demo receiver,
+the examples.
+
+Both event paths are shown: WebhookEvents (the examples) and the event bus (a nats-server on
+127.0.0.1:4222 with its store under .cluster/jetstream; the ingress publishes there).
 
 The demo receiver is a real HTTPS endpoint on localhost that checks both signatures of every
 delivery against the webhook's key (read from its Secret) and prints one line per request.
@@ -124,7 +128,35 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(receiver_port: int = 9443, ingress_port: int = 8443) -> int:
+def start_nats(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """nats-server with JetStream on loopback, its file store under the dev state dir."""
+    from devcluster import binaries
+
+    store = state_dir / "jetstream"
+    store.mkdir(parents=True, exist_ok=True)
+    log = open(state_dir / "logs" / "nats-server.log", "ab")
+    proc = subprocess.Popen(
+        [str(binaries.find("nats-server")), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_die_with_parent,
+    )
+    log.close()
+    return proc
+
+
+async def _publish_demo(url: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        payload = json.dumps({"event": "User.Created", "data": {"id": "u_bus_1", "via": "bus"}}).encode()
+        await nc.jetstream().publish("webhook-operator.events.demo", payload, headers={"Nats-Msg-Id": "demo-bus-1"})
+    finally:
+        await nc.close()
+
+
+def main(receiver_port: int = 9443, ingress_port: int = 8443, event_bus: bool = True, nats_port: int = 4222) -> int:
     # SIGTERM (e.g. from a supervisor or `timeout`) cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     if shutil.which("kubectl") is None:
@@ -137,8 +169,14 @@ def main(receiver_port: int = 9443, ingress_port: int = 8443) -> int:
     os.environ["KUBECONFIG"] = str(plane.kubeconfig)
     kubernetes.config.load_kube_config(config_file=str(plane.kubeconfig))
     operator: subprocess.Popen[bytes] | None = None
+    nats_server: subprocess.Popen[bytes] | None = None
     server: http.server.ThreadingHTTPServer | None = None
     try:
+        bus_args: list[str] = []
+        if event_bus:
+            nats_server = start_nats(plane.state_dir, nats_port)
+            bus_args = ["--event-bus", f"nats://127.0.0.1:{nats_port}"]
+            _say(f"JetStream on nats://127.0.0.1:{nats_port} (store {plane.state_dir / 'jetstream'})")
         _kubectl(env, "apply", "--server-side", "-f", str(ROOT / "crds"))
         _kubectl(
             env,
@@ -175,6 +213,7 @@ def main(receiver_port: int = 9443, ingress_port: int = 8443) -> int:
                 str(ingress.cert),
                 "--ingress-tls-key",
                 str(ingress.key),
+                *bus_args,
             ],
             env={**env, "PYTHONUNBUFFERED": "1"},
             stdout=open(log_path, "ab"),
@@ -186,6 +225,11 @@ def main(receiver_port: int = 9443, ingress_port: int = 8443) -> int:
         _kubectl(env, "apply", "-f", str(ROOT / "examples"))
         _kubectl(env, "wait", "--for=condition=Ready", "--timeout=60s", "-n", "demo", "webhook/billing-sync")
         _kubectl(env, "create", "-f", str(ROOT / "examples" / "events"))
+        if event_bus:
+            import asyncio
+
+            asyncio.run(_publish_demo(f"nats://127.0.0.1:{nats_port}"))
+            _say("published User.Created to webhook-operator.events.demo on the bus (eventId demo-bus-1)")
         _say(
             "deliveries appear below. Try: kubectl get webhooks,webhookevents -n demo  |  "
             "kubectl webhooks test billing-sync -n demo --wait  |  Ctrl-C to stop"
@@ -195,8 +239,12 @@ def main(receiver_port: int = 9443, ingress_port: int = 8443) -> int:
             "publish over HTTPS: curl --cacert "
             f'{ca.cert_path} -H "Authorization: Bearer $(kubectl create token publisher -n demo)" '
             '-H \'Content-Type: application/json\' -d \'{"event": "User.Created", "data": {"id": 1}}\' '
-            f"https://localhost:{ingress_port}/v1/namespaces/demo/events"
+            f"https://localhost:{ingress_port}/v1/namespaces/demo/events" + ("  (to the bus)" if event_bus else "")
         )
+        if event_bus:
+            _say(
+                f"bus request log: kubectl webhooks logs billing-sync -n demo --event-bus nats://127.0.0.1:{nats_port}"
+            )
         while operator.poll() is None:
             time.sleep(0.5)
         _say(f"operator exited with {operator.returncode}; see {log_path}")
@@ -216,5 +264,8 @@ def main(receiver_port: int = 9443, ingress_port: int = 8443) -> int:
                 operator.kill()
         if server is not None:
             server.shutdown()
+        if nats_server is not None and nats_server.poll() is None:
+            nats_server.terminate()
+            nats_server.wait(10)
         if not was_running:
             plane.down()

@@ -76,6 +76,12 @@ class Metrics:
             ["review"],
             registry=r,
         )
+        self.bus_terminated = Counter(
+            PREFIX + "bus_messages_terminated",
+            "Bus messages terminated as undeliverable (reason: subject, json, event, delivery).",
+            ["reason"],
+            registry=r,
+        )
         self.filtered = Counter(
             PREFIX + "events_filtered",
             "Events a webhook subscribes to that its spec.filter kept from it (result=false), or could not"

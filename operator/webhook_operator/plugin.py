@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -13,6 +15,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from webhook_operator import GROUP, VERSION
+from webhook_operator.bus.config import BusSettings
 from webhook_operator.delivery.redelivery import replay_value
 from webhook_operator.model import (
     REDELIVER_ANNOTATION,
@@ -152,22 +155,91 @@ def log_rows(events: Sequence[dict[str, Any]], webhook: str, since: dt.datetime,
     return [r for _, r in rows]
 
 
+BUS_ENV = "WEBHOOK_OPERATOR_EVENT_BUS"
+
+
+def bus_settings(args: argparse.Namespace) -> BusSettings | None:
+    """Bus mode when --event-bus (or $WEBHOOK_OPERATOR_EVENT_BUS, comma-separated) names NATS servers."""
+    servers = list(args.event_bus) or [s for s in os.environ.get(BUS_ENV, "").split(",") if s.strip()]
+    if not servers:
+        return None
+    return BusSettings(
+        servers=tuple(s.strip() for s in servers),
+        creds_file=args.event_bus_creds,
+        nkey_seed_file=args.event_bus_nkey,
+        user=args.event_bus_user,
+        password_file=args.event_bus_password_file,
+        tls_ca=args.event_bus_tls_ca,
+        tls_cert=args.event_bus_tls_cert,
+        tls_key=args.event_bus_tls_key,
+    )
+
+
+def _on_bus(what: str, call: Any) -> Any:
+    try:
+        return asyncio.run(call)
+    except Exception as exc:  # connection refused, authorization, no stream: one line, not a traceback
+        raise PluginError(f"{what} on the event bus failed: {exc.__class__.__name__}: {exc}") from exc
+
+
 def cmd_logs(api: Any, args: argparse.Namespace) -> int:
+    bus = bus_settings(args)
     try:
         api.get_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhooks", args.name)
-        events = api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhookevents").get("items", [])
+        events = (
+            []
+            if bus
+            else api.list_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhookevents").get("items", [])
+        )
     except ApiException as exc:
         raise _explain(exc, "Webhook", args.name, args.namespace) from exc
     since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(args.since))
-    rows = log_rows(events, args.name, since, args.failed)
+    if bus is not None:
+        from webhook_operator.bus import requestlog
+
+        records = _on_bus("reading the request log", requestlog.read_log(bus, args.namespace, args.name, since))
+        rows = requestlog.log_rows(records, since, args.failed)
+        headers = ["TIME", "EVENT", "EVENTID", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "ERROR"]
+    else:
+        rows = log_rows(events, args.name, since, args.failed)
+        headers = ["TIME", "EVENT", "WEBHOOKEVENT", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "WAITED", "ERROR"]
     if not rows:
         kind = "failed requests" if args.failed else "requests"
         print(f"no {kind} for webhook {args.namespace}/{args.name} in the last {args.since}")
         return 0
-    print(
-        table(["TIME", "EVENT", "WEBHOOKEVENT", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "WAITED", "ERROR"], rows)
-    )
+    print(table(headers, rows))
     return 0
+
+
+def redeliver_on_bus(bus: BusSettings, args: argparse.Namespace) -> int:
+    """Bus mode: EVENT is the eventId; its failed deliveries (from the request log) are published again."""
+    from webhook_operator.bus import requestlog
+
+    started = dt.datetime.now(dt.UTC)
+    since = started - dt.timedelta(hours=24)
+    records = _on_bus("reading the request log", requestlog.read_log(bus, args.namespace, None, since))
+    deliveries = requestlog.to_redeliver(records, args.event)
+    if not deliveries:
+        raise PluginError(f'no failed delivery of event "{args.event}" in namespace "{args.namespace}" in the last 24h')
+    value = _stamp()
+    _on_bus("publishing the redelivery", requestlog.republish(bus, deliveries, value))
+    names = ", ".join(sorted(d.webhook for d in deliveries))
+    if not args.wait:
+        print(f"redelivery of event {args.event} requested for {names} ({value})")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    ids = [d.id for d in deliveries]
+    while True:
+        records = _on_bus("reading the request log", requestlog.read_log(bus, args.namespace, None, started))
+        outcomes = requestlog.finished(records, ids, value)
+        if outcomes is not None:
+            break
+        if time.monotonic() > deadline:
+            raise PluginError(f"timed out after {args.timeout:g}s; is the operator running? (kubectl get pods -A)")
+        time.sleep(0.5)
+    ok = sum(1 for o in outcomes.values() if o == "Succeeded")
+    print(f"redelivered to {names}: {ok}/{len(outcomes)} succeeded")
+    return 0 if ok == len(outcomes) else 1
 
 
 def cmd_rotate(api: Any, args: argparse.Namespace) -> int:
@@ -191,6 +263,9 @@ def cmd_rotate(api: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_redeliver(api: Any, args: argparse.Namespace) -> int:
+    bus = bus_settings(args)
+    if bus is not None:
+        return redeliver_on_bus(bus, args)
     value = _annotate(api, "webhookevents", "WebhookEvent", args.namespace, args.event, REDELIVER_ANNOTATION)
     if not args.wait:
         print(f"redelivery requested for webhookevent {args.namespace}/{args.event} ({value})")
@@ -359,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("name")
     rotate.add_argument("--wait", action="store_true")
     redeliver = sub.add_parser("redeliver", help="deliver an event again to every webhook whose delivery failed")
-    redeliver.add_argument("event")
+    redeliver.add_argument("event", help="the WebhookEvent's name; in bus mode, the eventId")
     redeliver.add_argument("--wait", action="store_true")
     replay = sub.add_parser(
         "replay", help="deliver the webhook's recorded events of a window again, with the same webhook-ids"
@@ -371,6 +446,24 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="deliver again to a webhook the operator auto-disabled")
     resume.add_argument("name")
     resume.add_argument("--wait", action="store_true", help="wait until the operator has resumed it")
+    for p in (logs, redeliver):
+        bus = p.add_argument_group("bus mode (the request log is read from NATS directly)")
+        bus.add_argument(
+            "--event-bus",
+            action="append",
+            default=[],
+            metavar="nats://HOST:PORT",
+            help=f"NATS server (repeatable; default ${BUS_ENV}, comma-separated)",
+        )
+        bus.add_argument("--event-bus-creds", default=None, metavar="FILE")
+        bus.add_argument("--event-bus-nkey", default=None, metavar="FILE")
+        bus.add_argument("--event-bus-user", default=None)
+        bus.add_argument(
+            "--event-bus-password-file", default=None, metavar="FILE", help="else $WEBHOOK_OPERATOR_EVENT_BUS_PASSWORD"
+        )
+        bus.add_argument("--event-bus-tls-ca", default=None, metavar="FILE")
+        bus.add_argument("--event-bus-tls-cert", default=None, metavar="FILE")
+        bus.add_argument("--event-bus-tls-key", default=None, metavar="FILE")
     for p in (test, logs, rotate, redeliver, replay, resume):
         p.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")

@@ -31,6 +31,7 @@ class Facts:
     leading: bool
     watches_listed: bool  # the leader's event watches have handed over their first list
     api_age_s: float | None  # seconds since the API server last answered; None: never
+    bus_connected: bool | None = None  # bus mode: connected to NATS with its streams declared; None: CR mode
 
 
 def readiness(facts: Facts, freshness_s: float = API_FRESHNESS_S) -> list[str]:
@@ -46,6 +47,8 @@ def readiness(facts: Facts, freshness_s: float = API_FRESHNESS_S) -> list[str]:
         )
     if facts.leading and not facts.watches_listed:
         problems.append("event watch not running yet")
+    if facts.bus_connected is False:
+        problems.append("event bus not connected")
     return problems
 
 

@@ -24,6 +24,7 @@ from webhook_operator.watch import ResourceWatch
 from webhook_operator.webhooks import WebhookController
 
 if TYPE_CHECKING:
+    from webhook_operator.bus.worker import BusWorker
     from webhook_operator.ingress.server import IngressServer
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Runtime:
     engine: DeliveryEngine
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # for the whole life of the process
     ingress: IngressServer | None = None  # with --ingress-port
+    bus: BusWorker | None = None  # with --event-bus: every replica fans out and delivers
     # The leader part: the WebhookEvent watches, the engine's loops. Started on taking the Lease,
     # stopped on losing it or on shutdown; kopf's Webhook/Secret watches run on every replica.
     leader_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -59,6 +61,7 @@ class Runtime:
             leading=self.leading,
             watches_listed=watching and running,
             api_age_s=self.kube.seconds_since_response(),
+            bus_connected=None if self.bus is None else self.bus.connected(),
         )
 
 
@@ -97,6 +100,11 @@ def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime
     webhooks = WebhookController(settings, kube, index, metrics)
     engine = _make_engine(settings, kube, index, metrics, client, webhooks)
     runtime = Runtime(settings, kube, index, metrics, client, webhooks, engine)
+    if settings.event_bus is not None:
+        # Imported only in bus mode (nats-py).
+        from webhook_operator.bus.worker import BusWorker
+
+        runtime.bus = BusWorker(settings, settings.event_bus, index, metrics, client, holder_identity())
     webhooks.is_leader = lambda: runtime.leading
     metrics.leader.set(0)
     return runtime
@@ -112,7 +120,13 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
         # webhooks load: in CR mode a published event waits in the API server anyway.
         from webhook_operator.ingress.server import make_ingress_server
 
-        runtime.ingress = make_ingress_server(settings, runtime.kube, runtime.metrics)
+        sink = None
+        if runtime.bus is not None:
+            from webhook_operator.bus.sink import NatsEventSink
+
+            sink = NatsEventSink(runtime.bus)
+            runtime.tasks.append(asyncio.create_task(runtime.bus.connect(), name="bus-connect"))
+        runtime.ingress = make_ingress_server(settings, runtime.kube, runtime.metrics, sink)
         await runtime.ingress.start()
     runtime.tasks.append(asyncio.create_task(api_check_loop(runtime.kube), name="api-check"))
     if not settings.leader_election:
@@ -123,6 +137,9 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
         await load_webhooks(runtime, namespace)
     runtime.loaded = True
     log.info("loaded %d webhook(s)", len(runtime.index))
+    if runtime.bus is not None:
+        # Every replica, leader or not, once its index is loaded: fan-out matches from it.
+        runtime.tasks.append(asyncio.create_task(runtime.bus.run(), name="bus"))
     if not settings.leader_election:
         _start_leader_part(runtime)
         return
@@ -160,6 +177,9 @@ def _start_leader_part(runtime: Runtime) -> None:
     settings = runtime.settings
     runtime.leader_tasks.append(asyncio.create_task(runtime.webhooks.health_loop(), name="health"))
     runtime.leader_tasks.append(asyncio.create_task(runtime.engine.expiry_loop(), name="event-ttl"))
+    if runtime.bus is not None:
+        # One writer of every Webhook's health: outcomes of all replicas, from the request log.
+        runtime.leader_tasks.append(asyncio.create_task(runtime.bus.fold_health(runtime.webhooks), name="bus-health"))
     # WebhookEvents are watched here, not through kopf: see watch.py.
     scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:
@@ -214,6 +234,8 @@ async def _step_down(runtime: Runtime) -> None:
     if runtime.leading:  # not lost meanwhile
         try:
             await runtime.webhooks.flush_health(everything=True)
+            if runtime.bus is not None:
+                await runtime.bus.ack_folded()  # written: the next leader must not count them again
         except Exception:  # shutting down: report, do not mask the exit
             log.exception("final health flush failed")
     runtime.leading = False
@@ -239,12 +261,22 @@ async def stop(runtime: Runtime) -> None:
     if runtime.ingress is not None:
         await runtime.ingress.stop()
     runtime.stopping = True
-    if runtime.leading:
-        await _step_down(runtime)
-    else:
-        await _cancel(runtime.leader_tasks)
-        await runtime.engine.abort()
+
+    async def leader_part() -> None:
+        if runtime.leading:
+            await _step_down(runtime)
+        else:
+            await _cancel(runtime.leader_tasks)
+            await runtime.engine.abort()
+
+    # Side by side, so that both fit in one --shutdown-grace.
+    drains = [leader_part()]
+    if runtime.bus is not None:
+        drains.append(runtime.bus.drain(runtime.settings.shutdown_grace_s))
+    await asyncio.gather(*drains)
     await _cancel(runtime.tasks)
+    if runtime.bus is not None:
+        await runtime.bus.close()
     if runtime.elector is not None:
         await runtime.elector.release()
     await runtime.client.aclose()

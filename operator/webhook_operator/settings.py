@@ -6,6 +6,7 @@ import argparse
 import re
 from dataclasses import dataclass, field
 
+from webhook_operator.bus.config import BusSettings
 from webhook_operator.leader import default_namespace
 from webhook_operator.policy import DestinationPolicy
 
@@ -56,6 +57,7 @@ class Settings:
     ingress_tls_cert: str | None = None
     ingress_tls_key: str | None = None
     ingress_max_body_bytes: int = 64 * 1024
+    event_bus: BusSettings | None = None  # bus mode (--event-bus)
     auto_disable_after_s: float = 120 * 3600.0  # Svix's 5 days; 0: never
 
 
@@ -134,6 +136,54 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ingress-max-body-bytes", type=int, default=64 * 1024, help="larger requests get 413 (default 65536)"
     )
+    bus = parser.add_argument_group("event bus (NATS JetStream)")
+    bus.add_argument(
+        "--event-bus",
+        action="append",
+        default=[],
+        metavar="nats://HOST:PORT",
+        help="take events from NATS JetStream (repeatable: servers of one cluster); replicas all deliver",
+    )
+    bus.add_argument("--event-bus-creds", default=None, metavar="FILE", help="NATS credentials file (JWT + NKey)")
+    bus.add_argument("--event-bus-nkey", default=None, metavar="FILE", help="NKey seed file")
+    bus.add_argument("--event-bus-user", default=None, help="NATS user name")
+    bus.add_argument(
+        "--event-bus-password-file",
+        default=None,
+        metavar="FILE",
+        help="the user's password (else $WEBHOOK_OPERATOR_EVENT_BUS_PASSWORD)",
+    )
+    bus.add_argument(
+        "--event-bus-token-file",
+        default=None,
+        metavar="FILE",
+        help="NATS token (else $WEBHOOK_OPERATOR_EVENT_BUS_TOKEN)",
+    )
+    bus.add_argument("--event-bus-tls-ca", default=None, metavar="FILE", help="CA certificates (PEM) for NATS TLS")
+    bus.add_argument("--event-bus-tls-cert", default=None, metavar="FILE", help="client certificate (PEM)")
+    bus.add_argument("--event-bus-tls-key", default=None, metavar="FILE", help="client key (PEM)")
+    bus.add_argument(
+        "--event-bus-dedupe-window",
+        type=parse_duration,
+        default="15m",
+        help="a Nats-Msg-Id seen again within this is one event (default 15m)",
+    )
+    bus.add_argument(
+        "--event-bus-log-max-age", type=parse_duration, default="24h", help="request log kept this long (default 24h)"
+    )
+    bus.add_argument(
+        "--event-bus-log-max-bytes", type=int, default=1024**3, help="request log size in all (default 1 GiB)"
+    )
+    bus.add_argument(
+        "--event-bus-log-max-per-webhook",
+        type=int,
+        default=10_000,
+        help="request-log records kept per webhook, oldest dropped first (default 10000)",
+    )
+    bus.add_argument("--event-bus-ack-wait", type=parse_duration, default="30s", help=argparse.SUPPRESS)
+    bus.add_argument(
+        "--event-bus-stream-replicas", type=int, default=1, help="JetStream replicas of each stream (default 1)"
+    )
     parser.add_argument(
         "--auto-disable-after",
         type=parse_duration,
@@ -174,6 +224,32 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise SystemExit("error: give both --ingress-tls-cert and --ingress-tls-key, or neither")
     if args.ingress_max_body_bytes < 1:
         raise SystemExit("error: --ingress-max-body-bytes must be at least 1")
+    event_bus = None
+    if args.event_bus:
+        if bool(args.event_bus_tls_cert) != bool(args.event_bus_tls_key):
+            raise SystemExit("error: give both --event-bus-tls-cert and --event-bus-tls-key, or neither")
+        bad = [s for s in args.event_bus if not re.fullmatch(r"(nats|tls)://[^\s/]+", s)]
+        if bad:
+            raise SystemExit(f"error: --event-bus {bad[0]!r}: use nats://HOST:PORT or tls://HOST:PORT")
+        if not 1 <= args.event_bus_stream_replicas <= 5:
+            raise SystemExit("error: --event-bus-stream-replicas must be 1 to 5")
+        event_bus = BusSettings(
+            servers=tuple(dict.fromkeys(args.event_bus)),
+            creds_file=args.event_bus_creds,
+            nkey_seed_file=args.event_bus_nkey,
+            user=args.event_bus_user,
+            password_file=args.event_bus_password_file,
+            token_file=args.event_bus_token_file,
+            tls_ca=args.event_bus_tls_ca,
+            tls_cert=args.event_bus_tls_cert,
+            tls_key=args.event_bus_tls_key,
+            dedupe_window_s=float(args.event_bus_dedupe_window),
+            log_max_age_s=float(args.event_bus_log_max_age),
+            log_max_bytes=args.event_bus_log_max_bytes,
+            log_max_per_webhook=args.event_bus_log_max_per_webhook,
+            replicas=args.event_bus_stream_replicas,
+            ack_wait_s=max(1.0, float(args.event_bus_ack_wait)),
+        )
     return Settings(
         namespaces=tuple(dict.fromkeys(args.namespace)),
         metrics_port=args.metrics_port,
@@ -199,5 +275,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         ingress_tls_cert=args.ingress_tls_cert,
         ingress_tls_key=args.ingress_tls_key,
         ingress_max_body_bytes=args.ingress_max_body_bytes,
+        event_bus=event_bus,
         auto_disable_after_s=float(args.auto_disable_after),
     )

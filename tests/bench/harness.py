@@ -349,7 +349,15 @@ async def run_bounded(count: int, concurrency: int, work: Callable[[int], Awaita
 class Operator:
     """``webhook-operator run`` as a child process, optionally under pyinstrument, with its figures."""
 
-    def __init__(self, kubeconfig: Path, args: list[str], log_path: Path, profile_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        args: list[str],
+        log_path: Path,
+        profile_path: Path | None = None,
+        ready_line: str = "delivering",
+    ) -> None:
+        self.ready_line = ready_line  # a bus-mode standby says "bus: consuming" instead
         self.kubeconfig = kubeconfig
         self.args = args
         self.log_path = log_path
@@ -383,7 +391,7 @@ class Operator:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited with {self.proc.returncode}; see {self.log_path}")
-            if "delivering" in self.log_path.read_bytes()[offset:].decode(errors="replace") and self._healthy():
+            if self.ready_line in self.log_path.read_bytes()[offset:].decode(errors="replace") and self._healthy():
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"operator not ready after {timeout}s; see {self.log_path}")

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from devcluster.controlplane import ControlPlane
-from tests.bench import phases
+from tests.bench import bus, phases
 from tests.bench.harness import Api, Operator, credentials_for, machine_info
 from tests.bench.receiver import ReceiverProcess
 
@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="deliveries at which RSS is read, comma-separated (default 10000,50000,100000)",
     )
     parser.add_argument("--soak-webhooks", type=int, default=25, help="webhooks each soak event goes to (default 25)")
-    parser.add_argument("--only", default="", help="comma-separated phases: baseline,engine,e2e,paced,soak,scale")
+    parser.add_argument("--only", default="", help="comma-separated phases: baseline,engine,e2e,paced,bus,soak,scale")
+    parser.add_argument("--bus-paced-rate", type=float, default=500.0, help="events/s in the bus paced run (500)")
     parser.add_argument("--profile", action="store_true", help="run the operator of e2e+paced under pyinstrument")
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results.json")
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".cluster-bench")
@@ -77,6 +78,11 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "paced_p99_ms": ("<= 250 ms", lambda v: v <= 250),
     "api_requests_per_event": ("<= 2", lambda v: v <= 2),
     "rss_mb_peak": ("<= 150 MB", lambda v: v <= 150),
+    "bus_deliveries_per_s": (">= 4,800/s (2x Svix)", lambda v: v >= 4800),
+    "bus_engine_ratio": (">= 0.8", lambda v: v >= 0.8),
+    "bus_vs_cr_ratio": (">= 2.5", lambda v: v >= 2.5),
+    "bus_cpu_s_per_1k_deliveries": ("<= 0.35 s", lambda v: v <= 0.35),
+    "bus_api_requests_per_event": ("~0 (coalesced health)", lambda v: v <= 0.05),
 }
 
 ROWS: list[tuple[str, str, str]] = [
@@ -109,6 +115,19 @@ ROWS: list[tuple[str, str, str]] = [
     ("api_requests_per_event", "API requests per event (no watches)", ""),
     ("cpu_s_per_1k_deliveries", "operator CPU per 1,000 deliveries", "s"),
     ("operator_cpu_share", "operator CPU during end to end", "cores"),
+    ("bus_raw_publish_per_s", "bus: raw JetStream publishes (acked, file)", "/s"),
+    ("bus_events_per_s", "bus, 1 replica: events delivered", "/s"),
+    ("bus_deliveries_per_s", "bus, 1 replica: deliveries", "/s"),
+    ("bus_vs_raw_publish", "bus events / raw publish rate", ""),
+    ("bus_3replicas_deliveries_per_s", "bus, 3 replicas: deliveries", "/s"),
+    ("bus_paced_rate_achieved", "bus paced: events published", "/s"),
+    ("bus_paced_p50_ms", "bus paced latency p50", "ms"),
+    ("bus_paced_p99_ms", "bus paced latency p99", "ms"),
+    ("bus_engine_ratio", "bus deliveries / engine rate", ""),
+    ("bus_vs_cr_ratio", "bus deliveries / CR-mode deliveries", ""),
+    ("bus_api_requests_per_event", "bus: API requests per event", ""),
+    ("bus_cpu_s_per_1k_deliveries", "bus: operator + NATS CPU per 1,000 deliveries", "s"),
+    ("bus_operator_cpu_s_per_1k_deliveries", "  of which the operator", "s"),
     ("soak_deliveries_per_s", "soak: deliveries (events expiring)", "/s"),
     ("soak_events_left", "soak: events left 3s after the last (TTL 1s)", ""),
     ("rss_mb_start", "RSS before the soak", "MB"),
@@ -218,7 +237,7 @@ async def run(args: argparse.Namespace, plane: ControlPlane, workdir: Path) -> d
     results["quick"] = args.quick
     operators: list[Operator] = []
 
-    def operator(namespace: str, *extra: str, profile: Path | None = None) -> Operator:
+    def operator(namespace: str, *extra: str, profile: Path | None = None, ready_line: str = "delivering") -> Operator:
         op = Operator(
             plane.kubeconfig,
             [
@@ -232,6 +251,7 @@ async def run(args: argparse.Namespace, plane: ControlPlane, workdir: Path) -> d
             ],
             workdir / f"operator-{len(operators)}.log",
             profile_path=profile,
+            ready_line=ready_line,
         )
         operators.append(op)
         return op.start()
@@ -275,10 +295,42 @@ async def run(args: argparse.Namespace, plane: ControlPlane, workdir: Path) -> d
         figures.update(await phases.scale(ctx, lambda ns: operator(ns, *keep), "bench-scale"))
         return figures
 
+    async def bus_mode() -> dict[str, Any]:
+        namespace = "bench-bus"
+        server = bus.start_nats(workdir / "nats")
+        started: list[Operator] = []
+        try:
+            figures = await bus.raw_publish_rate(server.url, args.events, ctx.pad)
+            assert server.proc is not None
+            nats_pid = server.proc.pid
+            flags = ("--event-bus", server.url, "--leader-election-namespace", namespace, "--event-ttl", "0")
+            started.append(operator(namespace, *flags, profile=workdir / "profile-bus.txt" if args.profile else None))
+            figures["bus_webhooks_ready_s"] = await phases.setup_webhooks(
+                ctx, namespace, args.webhooks, lambda i: phases.bench_subscriptions(i, params.paced_webhooks)
+            )
+            step(f"bus, 1 replica: {args.events} events x {args.webhooks} webhooks")
+            figures.update(await bus.end_to_end(ctx, started, nats_pid, server.url, namespace, "bus"))
+            step(f"bus paced: {args.bus_paced_rate:g} events/s for {args.paced_seconds:g}s")
+            figures.update(await bus.paced(ctx, server.url, namespace, args.bus_paced_rate, args.paced_seconds))
+            started += [operator(namespace, *flags, ready_line="bus: consuming") for _ in range(2)]
+            step(f"bus, 3 replicas: {args.events} events x {args.webhooks} webhooks")
+            figures.update(await bus.end_to_end(ctx, started, nats_pid, server.url, namespace, "bus_3replicas"))
+        finally:
+            for op in started:
+                op.stop()
+            server.stop()
+        figures["bus_vs_raw_publish"] = figures["bus_events_per_s"] / figures["bus_raw_publish_per_s"]
+        if results.get("engine_rate"):
+            figures["bus_engine_ratio"] = figures["bus_deliveries_per_s"] / results["engine_rate"]
+        if results.get("e2e_deliveries_per_s"):
+            figures["bus_vs_cr_ratio"] = figures["bus_deliveries_per_s"] / results["e2e_deliveries_per_s"]
+        return figures
+
     plan: list[tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = [
         ("baseline", "baseline: raw creates and raw POSTs", lambda: phases.baseline(ctx)),
         ("engine", "engine in-process", lambda: phases.engine(ctx)),
         ("e2e", f"end to end and paced: {args.webhooks} webhooks", e2e_and_paced),
+        ("bus", f"bus mode: NATS JetStream, {args.webhooks} webhooks", bus_mode),
         (
             "soak",
             f"soak: {args.soak_deliveries[-1]} deliveries to {args.soak_webhooks} webhooks per event",
@@ -287,7 +339,7 @@ async def run(args: argparse.Namespace, plane: ControlPlane, workdir: Path) -> d
         ("scale", f"memory: {args.scale_webhooks} webhooks, {args.scale_events} events", scale),
     ]
     try:
-        for namespace in (NAMESPACE, "bench-baseline", "bench-soak", "bench-scale"):
+        for namespace in (NAMESPACE, "bench-baseline", "bench-bus", "bench-soak", "bench-scale"):
             await api.ensure_namespace(namespace)
             await api.clear_namespace(namespace)
         for name, title, work in plan:

@@ -39,7 +39,7 @@ class OperatorProcess:
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 60.0) -> OperatorProcess:
+    def start(self, timeout: float = 60.0, *, kill_unready: bool = True) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.env}
         argv = [
             sys.executable,
@@ -65,9 +65,9 @@ class OperatorProcess:
             if self.ready_line in self.log_path.read_bytes()[offset:].decode(errors="replace") and self._healthy():
                 return self
             time.sleep(0.1)
-        # Not ready: stop it here, the caller never gets a handle to stop it with.
-        self.proc.kill()
-        self.proc.wait()
+        if kill_unready:  # the caller usually never gets a handle to stop it with
+            self.proc.kill()
+            self.proc.wait()
         raise AssertionError(f"operator not ready after {timeout}s:\n{self.log()[-3000:]}")
 
     def _healthy(self) -> bool:

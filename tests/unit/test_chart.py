@@ -676,3 +676,66 @@ def test_ingress_without_a_tls_secret_is_refused_naming_the_key(helm: Path, tmp_
     result = run_helm(helm, *TEMPLATE, values={"ingress": {"enabled": True}}, tmp=tmp_path)
     assert result.returncode != 0
     assert "secretName" in result.stderr
+
+
+# -- bus mode ------------------------------------------------------------------------------------
+BUS = {
+    "replicaCount": 3,
+    "eventBus": {
+        "servers": ["nats://nats-0.nats:4222", "nats://nats-1.nats:4222"],
+        "auth": {"secretName": "nats-creds", "credsKey": "operator.creds"},
+        "tls": {"secretName": "nats-tls", "clientCertificate": True},
+        "streamReplicas": 3,
+        "requestLog": {"maxAge": "12h", "maxBytes": 2147483648, "maxPerWebhook": 500},
+    },
+}
+
+
+def test_event_bus_is_off_by_default(defaults: list[dict[str, Any]]) -> None:
+    assert not [a for a in args(defaults) if a.startswith("--event-bus")]
+    assert operator_settings(args(defaults)).event_bus is None
+
+
+def test_event_bus_values_become_flags_and_read_only_secret_mounts(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, tmp_path, BUS)
+    assert only(docs, "Deployment")["spec"]["replicas"] == 3
+    bus = operator_settings(args(docs)).event_bus
+    assert bus is not None
+    assert bus.servers == ("nats://nats-0.nats:4222", "nats://nats-1.nats:4222")
+    assert bus.creds_file == "/etc/webhook-operator/event-bus-auth/operator.creds"
+    assert (bus.tls_ca, bus.tls_cert, bus.tls_key) == (
+        "/etc/webhook-operator/event-bus-tls/ca.crt",
+        "/etc/webhook-operator/event-bus-tls/tls.crt",
+        "/etc/webhook-operator/event-bus-tls/tls.key",
+    )
+    assert (bus.replicas, bus.log_max_age_s, bus.log_max_bytes, bus.log_max_per_webhook) == (3, 43200, 2**31, 500)
+    assert bus.dedupe_window_s == 900
+    mounts = {m["name"]: m for m in container(docs)["volumeMounts"]}
+    assert mounts["event-bus-auth"]["readOnly"] and mounts["event-bus-tls"]["readOnly"]
+    volumes = {v["name"]: v for v in only(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["event-bus-auth"]["secret"]["secretName"] == "nats-creds"
+    assert volumes["event-bus-tls"]["secret"]["secretName"] == "nats-tls"
+
+
+def test_event_bus_user_and_password_from_the_secret(helm: Path, tmp_path: Path) -> None:
+    values = {
+        "eventBus": {"servers": ["nats://n:4222"], "auth": {"secretName": "s", "user": "op", "passwordKey": "pw"}}
+    }
+    bus = operator_settings(args(render(helm, tmp_path, values))).event_bus
+    assert bus is not None
+    assert (bus.user, bus.password_file) == ("op", "/etc/webhook-operator/event-bus-auth/pw")
+    assert bus.tls_ca is None
+
+
+def test_event_bus_key_without_its_secret_is_refused(helm: Path, tmp_path: Path) -> None:
+    values = {"eventBus": {"servers": ["nats://n:4222"], "auth": {"credsKey": "x.creds"}}}
+    result = run_helm(helm, *TEMPLATE, "--namespace", NAMESPACE, values=values, tmp=tmp_path)
+    assert result.returncode != 0 and "eventBus.auth keys need eventBus.auth.secretName" in result.stderr
+
+
+def test_network_policy_reaches_nats_in_bus_mode(helm: Path, tmp_path: Path) -> None:
+    values = {"networkPolicy": {"enabled": True}, "eventBus": {"servers": ["nats://n:4222"]}}
+    egress = only(render(helm, tmp_path, values), "NetworkPolicy")["spec"]["egress"]
+    assert {"ports": [{"port": 4222, "protocol": "TCP"}]} in egress
+    cr_mode = only(render(helm, tmp_path, {"networkPolicy": {"enabled": True}}), "NetworkPolicy")["spec"]["egress"]
+    assert {"ports": [{"port": 4222, "protocol": "TCP"}]} not in cr_mode

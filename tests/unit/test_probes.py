@@ -62,3 +62,9 @@ def test_the_server_answers_healthz_always_and_readyz_from_the_current_facts() -
     assert healthz == (200, "ok\n")
     assert not_ready == (503, "webhooks not loaded yet; API server not reachable\n")
     assert ready == (200, "ready\n")
+
+
+def test_bus_mode_is_ready_only_while_connected_to_the_bus() -> None:
+    assert readiness(Facts(True, True, True, api_age_s=1.0, bus_connected=True)) == []
+    assert readiness(Facts(True, False, False, api_age_s=1.0, bus_connected=False)) == ["event bus not connected"]
+    assert readiness(Facts(True, True, True, api_age_s=1.0, bus_connected=None)) == [], "CR mode"

@@ -115,11 +115,14 @@ class IngressServer:
         self.certificate.close()
 
 
-def make_ingress_server(settings: Settings, kube: KubeClient, metrics: Metrics) -> IngressServer:
-    """CR mode: reviews and WebhookEvents with the operator's API client; certificate from files or self-signed."""
+def make_ingress_server(
+    settings: Settings, kube: KubeClient, metrics: Metrics, sink: EventSink | None = None
+) -> IngressServer:
+    """Reviews with the operator's API client; events to ``sink`` (bus mode), else WebhookEvents (CR mode);
+    certificate from files or self-signed."""
     ingress = Ingress(
         Reviewer(kube, on_review=lambda kind: metrics.ingress_reviews.labels(kind).inc()),
-        WebhookEventSink(kube),
+        sink or WebhookEventSink(kube),
         max_body_bytes=settings.ingress_max_body_bytes,
         served_namespaces=frozenset(settings.namespaces),
         on_answer=lambda status: metrics.ingress_requests.labels(str(status)).inc(),

@@ -1,0 +1,1 @@
+"""NATS JetStream event bus: events in, one delivery message per webhook, shared by replicas."""

@@ -1,0 +1,221 @@
+"""Bus mode's pure parts: published events, delivery messages, request-log records, health folding, flags."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import ssl
+from pathlib import Path
+
+import pytest
+import trustme
+
+from webhook_operator.bus.config import PASSWORD_ENV, BusSettings, connect_options
+from webhook_operator.bus.messages import (
+    BadMessage,
+    Delivery,
+    deliveries_subject,
+    derived_event_id,
+    log_record,
+    log_subject,
+    log_subject_key,
+    parse_published,
+)
+from webhook_operator.bus.requestlog import finished, log_rows, to_redeliver
+from webhook_operator.bus.worker import fold_record
+from webhook_operator.delivery.attempt import AttemptResult
+from webhook_operator.index import WebhookIndex, WebhookState
+from webhook_operator.model import parse_webhook_spec
+from webhook_operator.settings import add_run_arguments, settings_from_args
+
+DELIVERY = Delivery(
+    namespace="shop",
+    webhook="billing.v2",
+    webhook_uid="uid-1",
+    id="msg_1",
+    event="User.Created",
+    event_id="evt-1",
+    created_at="2026-01-02T03:04:05.678Z",
+    data={"name": "zoë"},
+)
+
+
+def test_published_event_is_parsed_from_subject_and_body() -> None:
+    got = parse_published("webhook-operator.events.shop", b'{"event": "User.Created", "data": {"id": 1}}')
+    assert (got.namespace, got.event, got.data) == ("shop", "User.Created", {"id": 1})
+    assert parse_published("webhook-operator.events.shop", b'{"event": "A"}').data is None
+
+
+@pytest.mark.parametrize(
+    ("subject", "payload", "reason"),
+    [
+        ("webhook-operator.events.shop", b"not json", "json"),
+        ("webhook-operator.events.shop", b"\xff\xfe", "json"),
+        ("webhook-operator.events.shop", b"[1]", "json"),
+        ("webhook-operator.events.shop", b'{"data": {}}', "event"),
+        ("webhook-operator.events.shop", b'{"event": "User.*"}', "event"),
+        ("webhook-operator.events.shop", b'{"event": 7}', "event"),
+        ("webhook-operator.events.shop.extra", b'{"event": "A"}', "subject"),
+    ],
+)
+def test_bad_published_messages_name_their_reason(subject: str, payload: bytes, reason: str) -> None:
+    with pytest.raises(BadMessage) as caught:
+        parse_published(subject, payload)
+    assert caught.value.reason == reason
+
+
+def test_delivery_message_round_trips_and_a_broken_one_is_bad() -> None:
+    assert Delivery.decode(DELIVERY.encode()) == DELIVERY
+    again = Delivery(**{**DELIVERY.__dict__, "redelivery": "2026-01-02T00:00:00.000000Z"})
+    assert Delivery.decode(again.encode()) == again
+    with pytest.raises(BadMessage):
+        Delivery.decode(b'{"namespace": "shop"}')
+
+
+def test_subjects_write_dots_of_webhook_names_as_tildes_and_back() -> None:
+    assert deliveries_subject("shop", "billing.v2") == "webhook-operator.deliveries.shop.billing~v2"
+    assert log_subject("shop", "billing.v2") == "webhook-operator.log.shop.billing~v2"
+    assert log_subject_key("webhook-operator.log.shop.billing~v2") == ("shop", "billing.v2")
+    assert log_subject_key("webhook-operator.log.shop") is None
+
+
+def test_derived_event_id_is_stable_per_stream_and_sequence() -> None:
+    assert derived_event_id("t0", 5) == derived_event_id("t0", 5)
+    assert len({derived_event_id("t0", 5), derived_event_id("t0", 6), derived_event_id("t1", 5)}) == 3
+
+
+def record(outcome: str, *, time: str, attempts: int = 1, delivery: Delivery = DELIVERY, **extra: object) -> dict:
+    body = json.loads(
+        log_record(
+            delivery,
+            outcome=outcome,
+            attempts=attempts,
+            time=time,
+            status_code=extra.pop("status_code", 200 if outcome == "Succeeded" else 500),  # type: ignore[arg-type]
+            duration_ms=12,
+            error="" if outcome == "Succeeded" else "HTTP 500",
+            response_body="x" * 5000,
+        )
+    )
+    return dict(body)
+
+
+def test_log_records_carry_the_event_only_when_failed_and_a_bounded_response() -> None:
+    ok = record("Succeeded", time="2026-01-02T03:04:06.000Z")
+    bad = record("Failed", time="2026-01-02T03:04:07.000Z")
+    assert "delivery" not in ok and len(ok["responseBody"]) == 1024
+    assert Delivery.decode(json.dumps(bad["delivery"]).encode()) == DELIVERY
+
+
+def test_log_rows_newest_first_since_and_failed_only() -> None:
+    records = [
+        record("Retrying", time="2026-01-02T03:00:00.000Z"),
+        record("Failed", time="2026-01-02T03:01:00.000Z", attempts=2),
+        record("Succeeded", time="2026-01-02T02:00:00.000Z"),
+    ]
+    since = dt.datetime(2026, 1, 2, 2, 30, tzinfo=dt.UTC)
+    rows = log_rows(records, since, failed_only=False)
+    assert [r[3] for r in rows] == ["Failed", "Retrying"]
+    assert [r[3] for r in log_rows(records, since, failed_only=True)] == ["Failed"]
+
+
+def test_redelivery_takes_deliveries_whose_latest_final_record_failed() -> None:
+    other = Delivery(**{**DELIVERY.__dict__, "id": "msg_2", "webhook": "crm"})
+    records = [
+        record("Failed", time="2026-01-02T03:00:00.000Z"),
+        record("Failed", time="2026-01-02T03:00:00.000Z", delivery=other),
+        record("Succeeded", time="2026-01-02T03:05:00.000Z", delivery=other),  # redelivered earlier
+    ]
+    assert to_redeliver(records, "evt-1") == [DELIVERY]
+    assert to_redeliver(records, "evt-unknown") == []
+    again = Delivery(**{**DELIVERY.__dict__, "redelivery": "R1"})
+    assert finished(records, ["msg_1"], "R1") is None
+    done = finished([*records, record("Succeeded", time="2026-01-02T04:00:00.000Z", delivery=again)], ["msg_1"], "R1")
+    assert done == {"msg_1": "Succeeded"}
+
+
+def state(uid: str = "uid-1") -> WebhookState:
+    spec = parse_webhook_spec({"url": "https://example.com/h", "events": ["User.Created"]})
+    return WebhookState(namespace="shop", name="billing.v2", uid=uid, generation=1, spec=spec, body={})
+
+
+def test_fold_record_counts_final_outcomes_of_the_same_webhook_only() -> None:
+    index = WebhookIndex()
+    index.put(state())
+    subject = log_subject("shop", "billing.v2")
+    assert fold_record(index, subject, json.dumps(record("Succeeded", time="2026-01-02T03:00:00.000Z")).encode())
+    assert fold_record(index, subject, json.dumps(record("Failed", time="2026-01-02T03:00:01.000Z")).encode())
+    assert not fold_record(index, subject, json.dumps(record("Retrying", time="2026-01-02T03:00:00.000Z")).encode())
+    assert not fold_record(index, subject, b"garbage")
+    other = Delivery(**{**DELIVERY.__dict__, "webhook_uid": "uid-old"})
+    stale = record("Succeeded", time="2026-01-02T03:00:00.000Z", delivery=other)
+    assert not fold_record(index, subject, json.dumps(stale).encode()), "a webhook deleted and created again"
+    got = index.get("shop", "billing.v2")
+    assert got is not None and got.health_dirty
+    summary = got.health.summary(dt.datetime(2026, 1, 2, 3, 5, tzinfo=dt.UTC))
+    assert (summary.succeeded, summary.failed) == (1, 1)
+    assert got.health.last_status_code == 500
+
+
+def parse(*argv: str) -> BusSettings | None:
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    return settings_from_args(parser.parse_args(list(argv))).event_bus
+
+
+def test_event_bus_flags() -> None:
+    assert parse() is None
+    bus = parse(
+        "--event-bus", "nats://a:4222", "--event-bus", "nats://b:4222", "--event-bus", "nats://a:4222",
+        "--event-bus-dedupe-window", "1h", "--event-bus-log-max-age", "12h", "--event-bus-user", "op",
+    )  # fmt: skip
+    assert bus is not None
+    assert bus.servers == ("nats://a:4222", "nats://b:4222")
+    assert (bus.dedupe_window_s, bus.log_max_age_s, bus.user) == (3600.0, 43200.0, "op")
+    for bad in (["--event-bus", "http://a"], ["--event-bus", "nats://a", "--event-bus-tls-cert", "c"]):
+        with pytest.raises(SystemExit):
+            parse(*bad)
+
+
+def test_connect_options_read_secrets_from_files_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    options = connect_options(BusSettings(servers=("nats://a:4222",), user="op", password_file=str(password)))
+    assert (options["user"], options["password"]) == ("op", "s3cret")
+    assert "tls" not in options
+    monkeypatch.setenv(PASSWORD_ENV, "from-env")
+    assert connect_options(BusSettings(servers=("nats://a",), user="op"))["password"] == "from-env"
+
+
+def test_connect_options_build_a_tls_context_with_the_ca_and_client_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_path, cert_path = tmp_path / "ca.pem", tmp_path / "client.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    ca.issue_cert("client").private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    options = connect_options(
+        BusSettings(servers=("tls://a:4222",), tls_ca=str(ca_path), tls_cert=str(cert_path), tls_key=str(cert_path))
+    )
+    assert isinstance(options["tls"], ssl.SSLContext)
+
+
+def test_fold_record_hands_every_attempt_to_auto_disable_and_skips_what_was_never_sent() -> None:
+    index = WebhookIndex()
+    index.put(state())
+    subject = log_subject("shop", "billing.v2")
+    seen: list[tuple[int | None, bool]] = []
+
+    def on_attempt(_: WebhookState, result: AttemptResult) -> None:
+        seen.append((result.status_code, result.succeeded))
+
+    retry = record("Retrying", time="2026-01-02T03:00:00.000Z", status_code=410)
+    assert not fold_record(index, subject, json.dumps(retry).encode(), on_attempt=on_attempt)
+    ok = record("Succeeded", time="2026-01-02T03:00:01.000Z", attempts=2)
+    assert fold_record(index, subject, json.dumps(ok).encode(), on_attempt=on_attempt)
+    never = record("Failed", time="2026-01-02T03:00:02.000Z", attempts=0, status_code=None)
+    assert not fold_record(index, subject, json.dumps(never).encode(), on_attempt=on_attempt)
+    assert seen == [(410, False), (200, True)]
+    got = index.get("shop", "billing.v2")
+    assert got is not None
+    summary = got.health.summary(dt.datetime(2026, 1, 2, 3, 5, tzinfo=dt.UTC))
+    assert (summary.succeeded, summary.failed) == (1, 0)
