@@ -7,6 +7,7 @@ certificates, etcd data, logs of each process, ``kubeconfig`` and ``state.json``
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -253,6 +254,7 @@ class ControlPlane:
         (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     def _spawn(self, name: str, argv: list[str]) -> int:
+        (self.state_dir / f"{name}.argv.json").write_text(json.dumps(argv))  # for start() after a stop()
         log = open(self.logs / f"{name}.log", "ab")
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -260,6 +262,37 @@ class ControlPlane:
         log.close()
         _log(f"started {name} (pid {proc.pid}, log {self.logs / (name + '.log')})")
         return proc.pid
+
+    def stop(self, name: str, *, kill: bool = False) -> None:
+        """Stop one process (``etcd``, ``kube-apiserver``, ``kube-controller-manager``) and leave the rest
+        running: a fault for tests. SIGKILL with ``kill``, else SIGTERM (SIGKILL after 10 s)."""
+        pid = self._pids()[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+
+    def start(self, name: str) -> None:
+        """Start a process stopped by ``stop`` again, as it was; for the API server, wait until it is ready."""
+        argv = json.loads((self.state_dir / f"{name}.argv.json").read_text())
+        state = self._state() or {}
+        pids = self._pids()
+        pids[name] = self._spawn(name, argv)
+        self._write_state({**state, "pids": pids})
+        server = self.server()
+        if (
+            name in ("etcd", "kube-apiserver")
+            and server
+            and "kube-apiserver" in pids
+            and _alive(pids["kube-apiserver"])
+        ):
+            self._wait_ready(server, name)
 
     def _wait_ready(self, server: str, name: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -14,6 +14,7 @@ from webhook_operator import __version__
 from webhook_operator.apiretry import with_retries
 from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import DeliveryClient, make_client
+from webhook_operator.dns import HostResolver
 from webhook_operator.index import WebhookIndex
 from webhook_operator.kube import KubeClient, load_credentials, resource_path
 from webhook_operator.leader import ElectionConfig, LeaderElector, holder_identity
@@ -43,6 +44,9 @@ class Runtime:
     engine: DeliveryEngine
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # for the whole life of the process
     ingress: IngressServer | None = None  # with --ingress-port
+    # The Lease's own connections: renewals must not queue behind bulk work (2,000 webhooks reconciled
+    # at a take-over kept the shared pool busy past the 10 s renew deadline).
+    lease_kube: KubeClient | None = None
     bus: BusWorker | None = None  # with --event-bus: every replica fans out and delivers
     # The leader part: the WebhookEvent watches, the engine's loops. Started on taking the Lease,
     # stopped on losing it or on shutdown; kopf's Webhook/Secret watches run on every replica.
@@ -90,14 +94,18 @@ def build_runtime(settings: Settings, kube: KubeClient | None = None) -> Runtime
     kube = kube or KubeClient(load_credentials())
     index = WebhookIndex()
     metrics = Metrics()
+    # One bounded, cached resolver for reconciles and deliveries: dead DNS holds few threads (dns.py).
+    resolver = HostResolver()
     index.on_filtered_out = lambda state, error: metrics.filtered_out(state.namespace, state.name, error is not None)
     client = make_client(
         policy=settings.destination_policy,
         ca_bundle=settings.ca_bundle,
         max_connections=settings.max_concurrency,
         user_agent=USER_AGENT,
+        resolve=resolver,
     )
     webhooks = WebhookController(settings, kube, index, metrics)
+    webhooks.resolve = resolver
     engine = _make_engine(settings, kube, index, metrics, client, webhooks)
     runtime = Runtime(settings, kube, index, metrics, client, webhooks, engine)
     if settings.event_bus is not None:
@@ -143,8 +151,9 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
     if not settings.leader_election:
         _start_leader_part(runtime)
         return
+    runtime.lease_kube = KubeClient(runtime.kube.credentials, max_connections=2)
     runtime.elector = LeaderElector(
-        runtime.kube,
+        runtime.lease_kube,
         ElectionConfig(settings.leader_election_namespace, settings.leader_election_id, holder_identity()),
         on_started=lambda: _take_lead(runtime),
         on_stopped=lambda: _lose_lead(runtime),
@@ -280,4 +289,6 @@ async def stop(runtime: Runtime) -> None:
     if runtime.elector is not None:
         await runtime.elector.release()
     await runtime.client.aclose()
+    if runtime.lease_kube is not None:
+        await runtime.lease_kube.close()
     await runtime.kube.close()

@@ -37,7 +37,14 @@ from webhook_operator.model import (
     signing_secret_name,
     slim_body,
 )
-from webhook_operator.policy import BlockedDestination, PolicyViolation, allowed_addresses, parse_url
+from webhook_operator.policy import (
+    BlockedDestination,
+    PolicyViolation,
+    Resolver,
+    allowed_addresses,
+    parse_url,
+    system_resolve,
+)
 from webhook_operator.recorder import record
 from webhook_operator.secrets import (
     Problem,
@@ -81,6 +88,7 @@ class WebhookController:
         self._health_written: dict[Key, dict[str, Any]] = {}
         self._failures: dict[Key, int] = {}  # reconciles in a row that met an API error
         self.is_leader: Callable[[], bool] = lambda: True
+        self.resolve: Resolver = system_resolve  # the runtime shares its bounded HostResolver here
         self._deferred: set[Key] = set()  # reconciled on a standby with a write left undone
 
     # -- watch entry points -------------------------------------------------------------
@@ -207,7 +215,7 @@ class WebhookController:
             problems.append(Problem(violation.reason, violation.message))
         if url is not None:
             try:
-                await allowed_addresses(url.host, url.port, self.settings.destination_policy)
+                await allowed_addresses(url.host, url.port, self.settings.destination_policy, self.resolve)
             except BlockedDestination as violation:
                 problems.append(Problem(violation.reason, violation.message))
             except PolicyViolation as violation:

@@ -46,6 +46,7 @@ def start_operator(cluster: object, ca_bundle: Path, tmp_path: Path) -> Iterator
         standby: bool = False,
         kubeconfig: Path | None = None,
         env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
     ) -> OperatorProcess:
         # Leader election is on, as in a cluster, with the Lease in the test's namespace so that tests
         # running side by side do not compete for one; a fresh Lease is taken at once. With
@@ -60,6 +61,7 @@ def start_operator(cluster: object, ca_bundle: Path, tmp_path: Path) -> Iterator
             tmp_path / f"operator-{len(started)}.log",
             ready_line="campaigning for Lease" if standby else "delivering",
             env=env,
+            wrapper=wrapper,
         )
         started.append(proc)
         return proc.start()

@@ -28,8 +28,10 @@ class OperatorProcess:
         *,
         ready_line: str = "delivering",
         env: dict[str, str] | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.wrapper = wrapper or []  # a command the operator runs under (unshare with another resolv.conf)
         self.args = args
         self.log_path = log_path
         # start() returns once the log has this line (the leader's "delivering"; a standby says "campaigning").
@@ -42,6 +44,7 @@ class OperatorProcess:
     def start(self, timeout: float = 60.0, *, kill_unready: bool = True) -> OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.env}
         argv = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "webhook_operator.cli",

@@ -27,6 +27,7 @@ class Received:
     body: bytes
     at: float
     client_cert: str = ""  # the client certificate's first subjectAltName, when one was presented
+    status: int = 200  # what the receiver answered
 
 
 class Receiver:
@@ -36,6 +37,8 @@ class Receiver:
     def __init__(self, ca: trustme.CA, *, client_ca: trustme.CA | None = None) -> None:
         self.requests: list[Received] = []
         self._scripts: dict[str, list[Reply]] = {}
+        # rule(path, headers) -> a Reply, or None for the script's: faults that depend on time (503 for 30 s).
+        self.rule: Callable[[str, dict[str, str]], Reply | None] | None = None
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         receiver = self
@@ -46,17 +49,19 @@ class Receiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
-                reply = receiver._next_reply(self.path)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                reply = receiver._next_reply(self.path, headers)
                 peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
                 names = [value for _, value in (peer or {}).get("subjectAltName", ())]
                 with receiver._cond:
                     receiver.requests.append(
                         Received(
                             self.path,
-                            {k.lower(): v for k, v in self.headers.items()},
+                            headers,
                             body,
                             time.time(),
-                            str(names[0]) if names else "",
+                            client_cert=str(names[0]) if names else "",
+                            status=reply.status,
                         )
                     )
                     receiver._cond.notify_all()
@@ -95,7 +100,12 @@ class Receiver:
         with self._lock:
             self._scripts[path] = list(replies)
 
-    def _next_reply(self, path: str) -> Reply:
+    def _next_reply(self, path: str, headers: dict[str, str] | None = None) -> Reply:
+        rule = self.rule
+        if rule is not None:
+            reply = rule(path.split("?")[0], headers or {})
+            if reply is not None:
+                return reply
         with self._lock:
             replies = self._scripts.get(path.split("?")[0])
             if not replies:

@@ -21,6 +21,7 @@ from typing import Any
 from webhook_operator.apiretry import backoff_delay, is_transient, retry_after_of, with_retries
 from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.ordering import OrderingGate, OrderKey, order_key
+from webhook_operator.delivery.queues import FairSlots, Parked, ParkedEvents
 from webhook_operator.delivery.ratelimit import TokenBucket
 from webhook_operator.delivery.redelivery import REDELIVER, REPLAY, Request, pending_request
 from webhook_operator.delivery.retention import Retention
@@ -62,6 +63,22 @@ SAMPLE_DATA = {"id": "sample_0001", "sample": True}
 QUEUED_PER_SLOT = 4
 # ...or while this many events have not finished their first round of attempts, whatever holds them.
 MAX_FIRST_ROUNDS = 10_000
+# A delivery whose retry is due later than this leaves memory: its event is kept as (due, uid) and
+# read again from the API server when due (ParkedEvents); a shorter wait is slept through.
+PARK_AFTER_S = 5.0
+# A status write taking longer than this (etcd down: the API server holds requests) pauses new attempts
+# as a failing one does, until a write goes through.
+WRITE_SLOW_S = 2.0
+# Attempts one webhook may have waiting for (or holding) its own slots; a delivery beyond that leaves
+# memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
+# or hanging endpoint holds neither memory nor the watch for everyone else.
+MAX_WAITING_PER_WEBHOOK = 256
+BUSY_RECHECK_S = 30.0
+# Parked events read again at once; a read that fails is tried again after this long.
+WAKE_CONCURRENCY = 16
+WAKE_RETRY_S = 5.0
+# While global slots are short, this fraction of them stays free for webhooks under their fair share.
+RESERVE_FRACTION = 0.1
 
 WebhookKey = tuple[str, str, str]  # (namespace, name, uid)
 DeliveryCallback = Callable[[WebhookState, bool, int | None], None]
@@ -128,7 +145,16 @@ class DeliveryEngine:
         self.client = client
         self.on_delivery_final = on_delivery_final
         self.on_attempt = on_attempt
-        self._global = asyncio.Semaphore(settings.max_concurrency)
+        self._global: FairSlots[tuple[str, str] | None] = FairSlots(
+            settings.max_concurrency, reserve=int(settings.max_concurrency * RESERVE_FRACTION)
+        )
+        self._parked = ParkedEvents()
+        self._parked_changed = asyncio.Event()
+        self._wake_task: asyncio.Task[None] | None = None
+        self._waking = asyncio.Semaphore(WAKE_CONCURRENCY)
+        self._load: dict[tuple[str, str], int] = {}  # per webhook: attempts waiting for or holding its slots
+        self.max_waiting_per_webhook = MAX_WAITING_PER_WEBHOOK
+        self.park_after_s = PARK_AFTER_S
         self._jobs: dict[str, EventJob] = {}
         # Events finished here in the last FINISHED_MEMORY_S: a watch event of one of them that is not a
         # new redelivery request is an echo of our writes or older, and must not restart it. The
@@ -149,6 +175,10 @@ class DeliveryEngine:
         self.max_first_rounds = MAX_FIRST_ROUNDS
         self._capacity = asyncio.Event()  # set when the backlog has shrunk since the last wait
         self._stopping = asyncio.Event()  # set by drain(): no new attempts, no new events
+        # Cleared while status writes meet transient API errors or hang (WRITE_SLOW_S): no new attempt
+        # starts then, since its outcome could not be recorded and the next leader would repeat it.
+        self._recording = asyncio.Event()
+        self._recording.set()
         self.status_writes = 0
         # spec.ordering: open deliveries per webhook, in event creation order. Ordered deliveries wait
         # until the first full list of events is in (set by the runtime), so that the order after a
@@ -169,9 +199,16 @@ class DeliveryEngine:
             job = self._jobs.get(uid)
             if job:
                 job.gone = True
+            self._unpark(uid)
             self.retention.forget(uid)
             return
         status = body.get("status") or {}
+        if uid in self._parked:
+            # Read again when due; only a new redelivery (or replay) request wakes it now (the echo of
+            # our own last write, or a relist, changes nothing).
+            if pending_request(meta, status) is None:
+                return
+            self._unpark(uid)
         job = self._jobs.get(uid)
         if job is not None:
             # Whatever the version of this object: a request not yet answered is answered next.
@@ -227,6 +264,7 @@ class DeliveryEngine:
             return
         request = pending_request(body.get("metadata") or {}, body.get("status") or {})
         if request is not None:
+            self._unpark(uid)
             self._start(self._job_from(body, request=request))
 
     def _job_from(
@@ -322,10 +360,14 @@ class DeliveryEngine:
                     for t in targets
                 ]
             open_entries = [d for d in job.deliveries if d.get("outcome") not in FINAL_OUTCOMES]
+            parks: list[_Park] = []
             if open_entries:
-                await asyncio.gather(*(self._deliver(job, entry) for entry in open_entries))
+                results = await asyncio.gather(*(self._deliver(job, entry) for entry in open_entries))
+                parks = [park for park in results if park is not None]
             if not job.gone:
                 await self._write(job, final=True)
+                if parks and not job.gone and not self._stopping.is_set():
+                    self._park(job, parks)
         except Exception:
             log.exception("delivering event %s/%s failed unexpectedly", job.namespace, job.name)
         finally:
@@ -336,7 +378,8 @@ class DeliveryEngine:
                 # Requested while this job ran: the request is answered from a fresh read.
                 self._redeliver_fresh(job.namespace, job.name, job.uid)
 
-    async def _deliver(self, job: EventJob, entry: dict[str, Any]) -> None:
+    async def _deliver(self, job: EventJob, entry: dict[str, Any]) -> _Park | None:
+        """Attempt one delivery until it is final; or return when it is to wait outside memory."""
         name = entry["webhook"]
         counted: WebhookState | None = None  # the webhook whose deliveries_pending counts this delivery
         ordered_as: WebhookKey | None = None  # where this delivery stands in its webhook's order
@@ -358,7 +401,7 @@ class DeliveryEngine:
                     entry.pop("nextAttemptTime", None)
                     job.running += 1
                     await self._round_done(job)
-                    return
+                    return None
                 assert state is not None
                 if counted is not state:
                     count_pending(state)
@@ -377,6 +420,9 @@ class DeliveryEngine:
                 due = parse_time(entry.get("nextAttemptTime"))
                 if due is not None:
                     delay = (due - now()).total_seconds()
+                    # An Ordered webhook's delivery stays in memory: it holds its place in the order.
+                    if delay > self.park_after_s and not state.spec.ordered:
+                        return _Park(due.timestamp(), entry["webhook"])
                     if delay > 0:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopping.wait(), min(delay, NOT_READY_RECHECK_S * 30))
@@ -388,6 +434,12 @@ class DeliveryEngine:
                     self._first_round_over(job)
                     await self._wait_for_turn(ordered_as, state)
                     continue
+                if not self._recording.is_set():
+                    await self._until_recording()
+                    continue
+                key = (job.namespace, name)
+                if self._load.get(key, 0) >= self.max_waiting_per_webhook:
+                    return _Park(now().timestamp() + BUSY_RECHECK_S, entry["webhook"], busy=key)
                 token_turn: asyncio.Lock | None = None
                 rate_waited = 0.0
                 held = self._current_bucket(state)
@@ -406,10 +458,10 @@ class DeliveryEngine:
                     result = await self._attempt(job, entry, state, rate_waited, token_turn)
                 except _Stopped:  # shutting down before the request was sent: the entry stays as it was
                     await self._round_done(job)
-                    return
+                    return None
                 finally:
                     self.ordering.attempt_ended(ordered_as)
-                    self._wake(ordered_as)
+                    self._order_wake(ordered_as)
                 final = self._apply(entry, result, state)
                 if final and self._live(state):
                     succeeded = entry["outcome"] == "Succeeded"
@@ -417,7 +469,8 @@ class DeliveryEngine:
                     self.on_delivery_final(state, succeeded, result.status_code)
                 await self._round_done(job)
                 if final:
-                    return
+                    return None
+            return None
         finally:
             count_pending(None)
             if ordered_as is not None:
@@ -426,12 +479,12 @@ class DeliveryEngine:
     # -- spec.ordering --------------------------------------------------------------------
     def _unorder(self, webhook: WebhookKey, key: OrderKey) -> None:
         self.ordering.remove(webhook, key)
-        self._wake(webhook)
+        self._order_wake(webhook)
         state = self.index.get(webhook[0], webhook[1])
         if state is not None and state.uid == webhook[2]:
             self._order_gauge(webhook, state)
 
-    def _wake(self, webhook: WebhookKey) -> None:
+    def _order_wake(self, webhook: WebhookKey) -> None:
         moved = self._order_moved.pop(webhook, None)
         if moved is not None:
             moved.set()
@@ -499,6 +552,15 @@ class DeliveryEngine:
             self.metrics.rate_limited(state.namespace, state.name, waited)
         return waited
 
+    async def _until_recording(self) -> None:
+        """Wait while status writes fail (or until stopping)."""
+        waits = [asyncio.ensure_future(self._recording.wait()), asyncio.ensure_future(self._stopping.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
     def _live(self, state: WebhookState) -> bool:
         """Whether ``state`` is still the index's webhook of its name: a deleted one's metrics stay gone."""
         current = self.index.get(state.namespace, state.name)
@@ -526,16 +588,18 @@ class DeliveryEngine:
                 turn.release()
                 turn = None
 
+        key = (job.namespace, state.name)
+        self._load[key] = self._load.get(key, 0) + 1
         try:
             # The webhook's own slot first: attempts queued behind a slow webhook hold no global slot.
             async with state.limiter:
                 self._queued += 1
                 try:
-                    await self._global.acquire()
+                    await self._global.acquire(key)
                 finally:
                     self._dequeued()
                 if self._stopping.is_set():
-                    self._global.release()
+                    self._global.release(key)
                     raise _Stopped()
                 if turn is not None:
                     held = self._current_bucket(state)
@@ -550,9 +614,18 @@ class DeliveryEngine:
                 finally:
                     if self._live(state):
                         self.metrics.in_flight.labels(job.namespace, state.name).dec()
-                    self._global.release()
+                    self._global.release(key)
         finally:
             end_turn()
+            load = self._load[key] - 1
+            if load:
+                self._load[key] = load
+            else:
+                del self._load[key]
+            if load < self.max_waiting_per_webhook and not self._stopping.is_set():
+                woken = self._parked.pop_busy(key)  # room again: the longest-waiting event comes back
+                if woken is not None:
+                    self._spawn(self._wake(*woken))
         if waited > 0:
             entry["rateLimitedMs"] = round(waited * 1000)  # the request log shows the wait
         else:
@@ -612,15 +685,19 @@ class DeliveryEngine:
                 status = self._status(job, phase)
                 if job.written == status:
                     break
+                slow = asyncio.get_running_loop().call_later(WRITE_SLOW_S, self._recording.clear)
                 try:
                     await self.kube.merge_patch(event_path(job.namespace, job.name, "status"), {"status": status})
                 except (ApiError, OSError) as exc:
                     if isinstance(exc, ApiError) and exc.status == 404:
+                        self._recording.set()
                         job.gone = True
                         return
                     if not is_transient(exc):
+                        self._recording.set()
                         log.error("status of %s/%s not written: %s", job.namespace, job.name, exc)
                         return
+                    self._recording.clear()
                     failures += 1
                     delay = backoff_delay(failures, retry_after=retry_after_of(exc))
                     log.warning(
@@ -629,7 +706,10 @@ class DeliveryEngine:
                     )
                     await asyncio.sleep(delay)
                     continue
+                finally:
+                    slow.cancel()
                 self.status_writes += 1
+                self._recording.set()
                 job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
                 job.conditions = status["conditions"]
                 break
@@ -660,6 +740,77 @@ class DeliveryEngine:
         if job.replay is not None:
             status["replay"] = job.replay
         return status
+
+    # -- events waiting outside memory ---------------------------------------------------
+    def _park(self, job: EventJob, parks: list[_Park]) -> None:
+        webhooks = tuple(park.webhook for park in parks)
+        for webhook in webhooks:
+            if self.index.get(job.namespace, webhook) is not None:
+                self.metrics.pending.labels(job.namespace, webhook).inc()
+        self._parked.park(
+            job.uid,
+            job.namespace,
+            job.name,
+            min(park.due for park in parks),
+            busy=[park.busy for park in parks if park.busy is not None],
+            webhooks=webhooks,
+        )
+        self._parked_changed.set()
+        if self._wake_task is None:
+            self._wake_task = asyncio.ensure_future(self._wake_loop())
+
+    def _unpark(self, uid: str) -> None:
+        parked = self._parked.discard(uid)
+        if parked is not None:
+            self._uncount(parked)
+
+    def _uncount(self, parked: Parked) -> None:
+        for webhook in parked.webhooks:
+            if self.index.get(parked.namespace, webhook) is not None:
+                self.metrics.pending.labels(parked.namespace, webhook).dec()
+
+    async def _wake_loop(self) -> None:
+        """Read parked events again when they are due, a few at a time, while the engine has capacity."""
+        while not self._stopping.is_set():
+            self._parked_changed.clear()
+            await self.wait_for_capacity()
+            woken = self._parked.pop_due(now().timestamp())
+            if woken is None:
+                due = self._parked.next_due()
+                timeout = 3600.0 if due is None else min(max(0.001, due - now().timestamp()), 3600.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._parked_changed.wait(), timeout=timeout)
+                continue
+            await self._waking.acquire()
+            self._spawn(self._wake(*woken, acquired=True))
+
+    async def _wake(self, uid: str, parked: Parked, *, acquired: bool = False) -> None:
+        """Read a parked event and hand it to on_event as the watch would: it resumes from its status."""
+        self._uncount(parked)
+        try:
+            body = await with_retries(
+                lambda: self.kube.get(event_path(parked.namespace, parked.name)),
+                what=f"reading event {parked.namespace}/{parked.name}",
+                give_up=self._stopping.is_set,
+            )
+        except (ApiError, OSError) as exc:
+            log.warning(
+                "event %s/%s not read (%s); trying again in %.0fs", parked.namespace, parked.name, exc, WAKE_RETRY_S
+            )
+            if uid not in self._jobs and uid not in self._parked and not self._stopping.is_set():
+                self._parked.park(
+                    uid, parked.namespace, parked.name, now().timestamp() + WAKE_RETRY_S, webhooks=parked.webhooks
+                )
+                for webhook in parked.webhooks:
+                    if self.index.get(parked.namespace, webhook) is not None:
+                        self.metrics.pending.labels(parked.namespace, webhook).inc()
+                self._parked_changed.set()
+            return
+        finally:
+            if acquired:
+                self._waking.release()
+        if body is not None and (body.get("metadata") or {}).get("uid") == uid:
+            await self.on_event("MODIFIED", body)
 
     # -- test payloads ------------------------------------------------------------------
     async def send_test(self, state: WebhookState, pattern: str) -> dict[str, Any]:
@@ -757,6 +908,8 @@ class DeliveryEngine:
         self._stopping.set()
         self._capacity.set()
         tasks = list(self._tasks)
+        if self._wake_task is not None:
+            tasks.append(self._wake_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -765,6 +918,10 @@ class DeliveryEngine:
     @property
     def active_jobs(self) -> int:
         return len(self._jobs)
+
+    @property
+    def parked_events(self) -> int:
+        return len(self._parked)
 
 
 NOT_READY = "webhook not Ready"
@@ -781,6 +938,15 @@ def waiting_reason(state: WebhookState | None) -> str | None:
     if not state.deliverable:
         return NOT_READY
     return None
+
+
+@dataclass(frozen=True)
+class _Park:
+    """A delivery that waits outside memory: until ``due`` (epoch seconds), or room at webhook ``busy``."""
+
+    due: float
+    webhook: str
+    busy: tuple[str, str] | None = None
 
 
 class _Stopped(Exception):

@@ -1,0 +1,201 @@
+"""The delivery engine in this process against the real API server and real HTTPS receivers: a retry
+due later leaves memory and is read again when due; a hanging webhook's backlog leaves memory
+too, while another webhook's first attempts go on; no attempt starts while status writes fail."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cluster
+from tests.support.faultproxy import Fault, FaultProxy
+from tests.support.kube_helpers import KubectlFn, create, event_manifest
+from tests.support.receiver import Receiver, Reply
+from webhook_operator.delivery.engine import DeliveryEngine, event_path
+from webhook_operator.delivery.transport import make_client
+from webhook_operator.index import WebhookIndex, WebhookState
+from webhook_operator.kube import KubeClient
+from webhook_operator.kubeconfig import from_kubeconfig
+from webhook_operator.metrics import Metrics
+from webhook_operator.model import WebhookSpec
+from webhook_operator.policy import DestinationPolicy, parse_url
+from webhook_operator.retry import RetryPolicy
+from webhook_operator.settings import Settings
+from webhook_operator.signing import message_id
+
+pytestmark = pytest.mark.integration
+
+KEY = "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6"
+
+
+@pytest.fixture
+async def kube(cluster: Cluster) -> AsyncIterator[KubeClient]:
+    client = KubeClient(from_kubeconfig([cluster.kubeconfig]))
+    yield client
+    await client.close()
+
+
+def state(namespace: str, name: str, url: str, events: tuple[str, ...], retry: RetryPolicy, limit: int) -> WebhookState:
+    return WebhookState(
+        namespace=namespace,
+        name=name,
+        uid=f"uid-{name}",
+        generation=1,
+        spec=WebhookSpec(url=url, events=events, retry=retry),
+        body={},
+        ready=True,
+        url=parse_url(url, allow_http=False),
+        keys=(KEY,),
+        limiter=asyncio.Semaphore(limit),
+    )
+
+
+async def until(predicate: Callable[[], bool], within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def make_engine(kube: KubeClient, index: WebhookIndex, ca_bundle: Path, settings: Settings) -> DeliveryEngine:
+    client = make_client(
+        policy=DestinationPolicy.from_strings(["127.0.0.0/8"]), ca_bundle=str(ca_bundle), user_agent="test"
+    )
+    return DeliveryEngine(settings, kube, index, Metrics(), client, lambda *_: None)
+
+
+async def phase(kube: KubeClient, namespace: str, name: str) -> str | None:
+    body = await kube.get(event_path(namespace, name)) or {}
+    return (body.get("status") or {}).get("phase")
+
+
+async def test_a_retry_due_later_leaves_memory_and_is_read_again_when_due(
+    kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path
+) -> None:
+    receiver.script("/hook", Reply(status=503), Reply(status=200))
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=3, backoff_seconds=2, max_backoff_seconds=2, timeout_seconds=5)
+    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
+    index.put(hook)
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    engine.park_after_s = 0.2
+    name = create(kubectl, namespace, event_manifest("User.Created", {"big": "x" * 4096}))
+    body = await kube.get(event_path(namespace, name))
+    assert body is not None
+    try:
+        await engine.on_event("ADDED", body)
+        await until(lambda: len(receiver.received()) == 1 and engine.parked_events == 1)
+        assert engine.active_jobs == 0, "the event waiting for its retry is still held in memory"
+        parked = engine._parked._by_uid[body["metadata"]["uid"]]
+        assert (parked.namespace, parked.name) == (namespace, name)
+
+        # Our own status write comes back through the watch: it changes nothing while parked.
+        written = await kube.get(event_path(namespace, name))
+        assert written is not None and written["status"]["deliveries"][0]["outcome"] == "Retrying"
+        await engine.on_event("MODIFIED", written)
+        assert engine.active_jobs == 0 and engine.parked_events == 1
+
+        # When due it is read from the API server again and delivered, with the same webhook-id.
+        await until(lambda: len(receiver.received()) == 2, within_s=10)
+        first, second = receiver.received()
+        assert first.headers["webhook-id"] == second.headers["webhook-id"]
+        assert second.headers["webhook-id"] == message_id(body["metadata"]["uid"], hook.uid)
+        assert b'"big"' in second.body
+        deadline = time.monotonic() + 10
+        while await phase(kube, namespace, name) != "Delivered":
+            assert time.monotonic() < deadline, "not Delivered after the re-read retry"
+            await asyncio.sleep(0.1)
+        assert engine.parked_events == 0
+    finally:
+        await engine.abort()
+        await engine.client.aclose()
+
+
+async def test_a_hanging_webhooks_backlog_leaves_memory_while_another_webhook_delivers(
+    kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, tls_ca: Any, ca_bundle: Path
+) -> None:
+    hang_until = time.time() + 4.0
+    slow = Receiver(tls_ca)
+    slow.rule = lambda path, headers: (
+        Reply(delay_s=max(0.0, hang_until - time.time())) if time.time() < hang_until else None
+    )
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=10, backoff_seconds=0.2, max_backoff_seconds=1, timeout_seconds=2)
+    index.put(state(namespace, "slow", slow.url("/slow"), ("Slow.Ping",), retry, 2))
+    index.put(state(namespace, "fast", receiver.url("/fast"), ("Fast.Ping",), retry, 2))
+    engine = await make_engine(kube, index, ca_bundle, Settings(max_concurrency=4, per_webhook_concurrency=2))
+    engine.max_waiting_per_webhook = 3
+    slow_names = [create(kubectl, namespace, event_manifest("Slow.Ping", {"i": i})) for i in range(12)]
+    fast_names = [create(kubectl, namespace, event_manifest("Fast.Ping", {"i": i})) for i in range(6)]
+    try:
+        for name in slow_names:
+            body = await kube.get(event_path(namespace, name))
+            assert body is not None
+            await engine.on_event("ADDED", body)
+        await until(lambda: engine.parked_events >= 12 - 3, within_s=5)
+        assert engine.active_jobs <= 3, "a hanging webhook's backlog is held in memory"
+        assert not engine.backlogged()
+
+        started = time.monotonic()
+        for name in fast_names:
+            body = await kube.get(event_path(namespace, name))
+            assert body is not None
+            await engine.on_event("ADDED", body)
+        await until(lambda: len(receiver.received()) == 6, within_s=5)
+        assert time.monotonic() - started < 2.0, "the fast webhook waited for the hanging one"
+
+        # Once the slow receiver answers again, every parked event is read back and delivered.
+        async def all_delivered() -> bool:
+            phases = [await phase(kube, namespace, name) for name in slow_names]
+            return all(p == "Delivered" for p in phases)
+
+        deadline = time.monotonic() + 60
+        while not await all_delivered():
+            assert time.monotonic() < deadline, "parked events of the slow webhook were not all delivered"
+            await asyncio.sleep(0.5)
+        ok = {r.headers["webhook-id"] for r in slow.received() if r.status == 200}
+        assert len(ok) == 12
+    finally:
+        await engine.abort()
+        await engine.client.aclose()
+        slow.close()
+
+
+async def test_no_new_attempt_starts_while_status_writes_fail(
+    cluster: Cluster, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path, tmp_path: Path
+) -> None:
+    """An attempt whose outcome cannot be recorded would be repeated by the next leader: while status writes
+    meet transient API errors (etcd restarting), deliveries already recorded wait instead of piling up."""
+    proxy = FaultProxy(cluster.kubeconfig)
+    kube = KubeClient(from_kubeconfig([proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")]))
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=3, backoff_seconds=0.2, max_backoff_seconds=1, timeout_seconds=5)
+    index.put(state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10))
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    first, second = (create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(2))
+    try:
+        fault = proxy.add(
+            Fault("PATCH", rf"/apis/webhook-operator\.io/v1alpha1/namespaces/{namespace}/webhookevents/.+/status")
+        )
+        await engine.on_event("ADDED", await kube.get(event_path(namespace, first)) or {})
+        await until(lambda: fault.hits >= 2, within_s=10)  # delivered, and its status write is being retried
+        await engine.on_event("ADDED", await kube.get(event_path(namespace, second)) or {})
+        await asyncio.sleep(2)
+        assert len(receiver.received()) == 1, "an attempt started while its outcome could not be recorded"
+
+        proxy.clear()
+        await until(lambda: len(receiver.received()) == 2, within_s=15)
+        deadline = time.monotonic() + 15
+        while {await phase(kube, namespace, first), await phase(kube, namespace, second)} != {"Delivered"}:
+            assert time.monotonic() < deadline, "not both Delivered once writes succeed"
+            await asyncio.sleep(0.2)
+    finally:
+        await engine.abort()
+        await engine.client.aclose()
+        await kube.close()
+        proxy.close()
