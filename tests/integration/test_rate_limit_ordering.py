@@ -180,6 +180,22 @@ def test_ordered_delivery_sends_one_at_a_time_and_a_retrying_head_blocks_the_res
     assert metric_value(text, "webhook_operator_ordered_blocked", namespace=namespace, webhook="ordered") == 0
 
 
+def test_an_ordered_head_waiting_long_for_its_retry_still_blocks_the_next(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator
+) -> None:
+    # A retry due more than a few seconds later leaves memory for other webhooks (parked); an Ordered
+    # webhook's head must keep its place, or the next event would go first.
+    start_operator(namespace)
+    receiver.script("/long", Reply(503), Reply(200))
+    retry = {"maxRetries": 1, "backoffSeconds": 12, "maxBackoffSeconds": 12, "timeoutSeconds": 5}
+    apply(kubectl, namespace, webhook_manifest("ordered", receiver.url("/long"), retry=retry, ordering="Ordered"))
+    wait_ready(kubectl, namespace, "ordered")
+    create_many(kubectl, namespace, 2)
+    got = receiver.wait_for(3, "/long", timeout=40)
+    assert [data_n(r) for r in got] == [0, 0, 1]
+    assert got[1].at - got[0].at >= 5.5
+
+
 def test_unordered_delivery_is_not_blocked_by_a_retrying_event(
     kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator
 ) -> None:
