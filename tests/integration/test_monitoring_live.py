@@ -200,6 +200,7 @@ def test_every_dashboard_panel_and_alert_rule_has_data_from_the_live_operator(
     assert results["Requests (24h)"] == [12]
     assert results["Success rate (24h)"] == [pytest.approx(7 / 12)]
     assert results["Failed deliveries"][0] > 0
+    assert results["Leader"] == [1], "the one operator holds the Lease"
     not_ready = prom.query(dict(queries)["Webhooks not Ready"])
     assert {s["metric"]["webhook"] for s in not_ready} == {"delta"}
 

@@ -19,6 +19,7 @@ EXPECTED_ALERTS = {
     "WebhookSuccessRateLow",
     "WebhookDeliveriesFailing",
     "WebhookOperatorDown",
+    "WebhookOperatorNoLeader",
     "WebhookDeliveryBacklogGrowing",
     "WebhookNotReady",
 }
@@ -69,6 +70,7 @@ def test_rule_file_uses_only_operator_metrics_and_up() -> None:
         "webhook_operator_webhook_enabled",
         "webhook_operator_webhook_ready",
         "webhook_operator_deliveries_pending",
+        "webhook_operator_leader",
     }
 
 

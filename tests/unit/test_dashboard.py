@@ -35,7 +35,18 @@ OPERATOR_METRICS = {
     "webhook_operator_webhook_ready",
     "webhook_operator_deliveries_in_flight",
     "webhook_operator_deliveries_pending",
+    "webhook_operator_leader",
 }
+# Gauges about one webhook that every replica exports with the same value (a standby follows
+# the health the leader writes to status): summing them over pods would count a webhook twice.
+PER_WEBHOOK_GAUGES = {
+    "webhook_operator_webhook_success_ratio",
+    "webhook_operator_webhook_requests_24h",
+    "webhook_operator_webhook_enabled",
+    "webhook_operator_webhook_ready",
+}
+# Metrics about the replica itself, without namespace and webhook labels.
+REPLICA_METRICS = {"webhook_operator_leader"}
 # A metric name with its optional label matchers.
 SELECTOR = re.compile(r"\b(webhook_operator_\w+)(\{[^}]*\})?")
 
@@ -85,6 +96,8 @@ def test_every_operator_metric_selector_filters_by_namespace_and_webhook() -> No
         selectors = SELECTOR.findall(target["expr"])
         assert selectors, f"{title}: {target['expr']} reads no operator metric"
         for metric, matchers in selectors:
+            if metric in REPLICA_METRICS:
+                continue
             assert 'namespace=~"$namespace"' in matchers, f"{title}: {metric} not filtered by namespace"
             assert 'webhook=~"$webhook"' in matchers, f"{title}: {metric} not filtered by webhook"
 
@@ -96,6 +109,26 @@ def test_queries_use_only_metrics_the_operator_exports_and_cover_all_of_them() -
             base = re.sub(r"_(bucket|sum|count)$", "", metric) if "duration_seconds" in metric else metric
             used.add(base)
     assert used == OPERATOR_METRICS
+
+
+def test_per_webhook_gauges_are_taken_once_per_webhook_not_once_per_pod() -> None:
+    for title, target in TARGETS:
+        expr = target["expr"]
+        for match in SELECTOR.finditer(expr):
+            if match.group(1) in PER_WEBHOOK_GAUGES:
+                before = expr[: match.start()]
+                assert re.search(r"\b(max|min) by \(namespace, webhook\) \($", before), (
+                    f"{title}: {match.group(0)} is not aggregated by (namespace, webhook): {expr}"
+                )
+
+
+def test_leader_panels_show_which_replica_holds_the_lease() -> None:
+    leader = {title: target["expr"] for title, target in TARGETS if "webhook_operator_leader" in target["expr"]}
+    assert leader["Leader"] == "max by (instance, pod) (webhook_operator_leader) == 1"
+    assert leader["Leader by replica"] == "max by (instance, pod) (webhook_operator_leader)"
+    stat = next(panel for panel in QUERY_PANELS if panel["title"] == "Leader")
+    assert stat["options"]["textMode"] == "name", "the stat shows the leading replica, not the value 1"
+    assert "{{instance}}" in stat["targets"][0]["legendFormat"]
 
 
 def test_latency_panel_shows_p50_p95_p99_of_the_attempt_histogram() -> None:
