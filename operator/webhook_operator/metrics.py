@@ -109,6 +109,30 @@ class Metrics:
             ["namespace", "webhook"],
             registry=r,
         )
+        self.rate_limit_wait = Counter(
+            PREFIX + "rate_limit_wait_seconds",
+            "Time attempts spent waiting for a token of the webhook's spec.rateLimit (holding no slot).",
+            ["namespace", "webhook"],
+            registry=r,
+        )
+        self.rate_limited_attempts = Counter(
+            PREFIX + "rate_limited_attempts",
+            "Attempts that waited for a token of the webhook's spec.rateLimit.",
+            ["namespace", "webhook"],
+            registry=r,
+        )
+        self.ordered_blocked = Gauge(
+            PREFIX + "ordered_blocked",
+            "Deliveries of an Ordered webhook waiting behind its first open delivery (0 when Unordered).",
+            ["namespace", "webhook"],
+            registry=r,
+        )
+        self.ordered_blocked_seconds = Counter(
+            PREFIX + "ordered_blocked_seconds",
+            "Time deliveries of an Ordered webhook spent waiting for the deliveries ahead of them.",
+            ["namespace", "webhook"],
+            registry=r,
+        )
         # Label sets seen per webhook, so that all of a deleted webhook's series can be removed.
         self._extra_labels: dict[Key, set[tuple[Counter, tuple[str, ...]]]] = defaultdict(set)
 
@@ -129,6 +153,13 @@ class Metrics:
         if error:
             self.filter_errors.labels(namespace, webhook).inc()
             self._extra_labels[(namespace, webhook)].add((self.filter_errors, (namespace, webhook)))
+
+    def rate_limited(self, namespace: str, webhook: str, seconds: float) -> None:
+        self.rate_limit_wait.labels(namespace, webhook).inc(seconds)
+        self.rate_limited_attempts.labels(namespace, webhook).inc()
+
+    def ordered_wait(self, namespace: str, webhook: str, seconds: float) -> None:
+        self.ordered_blocked_seconds.labels(namespace, webhook).inc(seconds)
 
     def disabled(self, namespace: str, webhook: str, reason: str) -> None:
         labels = (namespace, webhook, reason)
@@ -162,6 +193,10 @@ class Metrics:
             self.in_flight,
             self.pending,
             self.suspended,
+            self.rate_limit_wait,
+            self.rate_limited_attempts,
+            self.ordered_blocked,
+            self.ordered_blocked_seconds,
         )
         for metric in per_webhook:
             self._remove(metric, (namespace, webhook))

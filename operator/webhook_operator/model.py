@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from webhook_operator.delivery.ratelimit import RateLimit, default_burst
 from webhook_operator.retry import RetryPolicy
 from webhook_operator.settings import parse_duration
 
@@ -15,6 +16,9 @@ TEST_ANNOTATION = "webhook-operator.io/test-requested-at"
 ROTATE_ANNOTATION = "webhook-operator.io/rotate-key-requested-at"
 REDELIVER_ANNOTATION = "webhook-operator.io/redeliver-requested-at"
 RESUME_ANNOTATION = "webhook-operator.io/resume-requested-at"
+# "<requestedAt> <webhook> all|failed": redeliver this event to that one webhook (kubectl webhooks replay).
+REPLAY_ANNOTATION = "webhook-operator.io/replay-requested-at"
+ORDERED = "Ordered"
 CA_KEY = "ca.crt"
 MANAGED_BY_LABEL = ("app.kubernetes.io/managed-by", "webhook-operator")
 SIGNING_KEY = "signingKey"
@@ -59,6 +63,8 @@ class WebhookSpec:
     filter: str = ""
     tls: TLSRefs | None = None
     auto_disable_after_s: float | None = None  # None: the --auto-disable-after default; 0: never
+    rate_limit: RateLimit | None = None
+    ordered: bool = False  # spec.ordering == Ordered
 
 
 def _ref(raw: Any, default_key: str) -> SecretKeyRef | None:
@@ -95,7 +101,22 @@ def parse_webhook_spec(spec: Mapping[str, Any]) -> WebhookSpec:
         filter=str(spec.get("filter") or ""),
         tls=parse_tls(spec.get("tls")),
         auto_disable_after_s=parse_auto_disable(spec.get("autoDisable")),
+        rate_limit=parse_rate_limit(spec.get("rateLimit")),
+        ordered=spec.get("ordering") == ORDERED,
     )
+
+
+def parse_rate_limit(raw: Any) -> RateLimit | None:
+    if not isinstance(raw, Mapping):
+        return None
+    try:
+        rate = float(raw.get("requestsPerSecond") or 0)
+        burst = int(raw.get("burst") or default_burst(rate)) if rate > 0 else 0
+    except (TypeError, ValueError):
+        return None
+    if rate <= 0 or burst < 1:  # admission rejects these; a value from before the rule means no limit
+        return None
+    return RateLimit(requests_per_second=rate, burst=burst)
 
 
 def parse_tls(raw: Any) -> TLSRefs | None:

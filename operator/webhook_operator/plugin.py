@@ -1,4 +1,4 @@
-"""`kubectl webhooks`: test, logs, rotate-key, redeliver and resume for people at a terminal."""
+"""`kubectl webhooks`: test, logs, rotate-key, redeliver, replay and resume for people at a terminal."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from kubernetes.client.exceptions import ApiException
 
 from webhook_operator import GROUP, VERSION
 from webhook_operator.bus.config import BusSettings
+from webhook_operator.delivery.redelivery import replay_value
 from webhook_operator.model import (
     REDELIVER_ANNOTATION,
+    REPLAY_ANNOTATION,
     RESUME_ANNOTATION,
     ROTATE_ANNOTATION,
     TEST_ANNOTATION,
@@ -143,6 +145,8 @@ def log_rows(events: Sequence[dict[str, Any]], webhook: str, since: dt.datetime,
                         entry.get("attempts", 0),
                         entry.get("statusCode", "-"),
                         f"{entry.get('durationMs', 0)}ms",
+                        # spec.rateLimit: how long the last attempt waited for a token
+                        f"{entry['rateLimitedMs'] / 1000:.1f}s" if entry.get("rateLimitedMs") else "-",
                         entry.get("error", ""),
                     ],
                 )
@@ -198,7 +202,7 @@ def cmd_logs(api: Any, args: argparse.Namespace) -> int:
         headers = ["TIME", "EVENT", "EVENTID", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "ERROR"]
     else:
         rows = log_rows(events, args.name, since, args.failed)
-        headers = ["TIME", "EVENT", "WEBHOOKEVENT", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "ERROR"]
+        headers = ["TIME", "EVENT", "WEBHOOKEVENT", "OUTCOME", "ATTEMPTS", "STATUS", "DURATION", "WAITED", "ERROR"]
     if not rows:
         kind = "failed requests" if args.failed else "requests"
         print(f"no {kind} for webhook {args.namespace}/{args.name} in the last {args.since}")
@@ -282,6 +286,114 @@ def cmd_redeliver(api: Any, args: argparse.Namespace) -> int:
     return 0 if status.get("phase") in ("Delivered", "NoSubscribers") else 1
 
 
+def replay_targets(
+    events: Sequence[dict[str, Any]], webhook: str, since: dt.datetime, failed_only: bool
+) -> tuple[list[str], int]:
+    """The events of the window (by creationTimestamp) whose delivery to ``webhook`` is final (Failed
+    only with ``failed_only``), oldest first, and how many of the window's were skipped as still in flight."""
+    chosen: list[tuple[dt.datetime, str]] = []
+    in_flight = 0
+    for event in events:
+        meta = event.get("metadata") or {}
+        created = parse_time(meta.get("creationTimestamp"))
+        if created is None or created < since:
+            continue
+        for entry in (event.get("status") or {}).get("deliveries") or ():
+            if entry.get("webhook") != webhook:
+                continue
+            outcome = entry.get("outcome")
+            if outcome not in ("Succeeded", "Failed"):
+                in_flight += 1
+            elif outcome == "Failed" or not failed_only:
+                chosen.append((created, str(meta.get("name"))))
+    chosen.sort()
+    return [name for _, name in chosen], in_flight
+
+
+def replay_progress(events: Sequence[dict[str, Any]], webhook: str, value: str, names: set[str]) -> dict[str, int]:
+    """How the replay ``value`` of ``names`` stands: delivered, failed, pending (gone: deleted meanwhile)."""
+    counts = {"delivered": 0, "failed": 0, "pending": 0}
+    seen = set()
+    for event in events:
+        name = (event.get("metadata") or {}).get("name")
+        if name not in names:
+            continue
+        seen.add(name)
+        status = event.get("status") or {}
+        entry: dict[str, Any] = next((d for d in status.get("deliveries") or () if d.get("webhook") == webhook), {})
+        if (status.get("replay") or {}).get("requestedAt") != value:
+            counts["pending"] += 1
+        elif entry.get("outcome") == "Succeeded":
+            counts["delivered"] += 1
+        elif entry.get("outcome") == "Failed":
+            counts["failed"] += 1
+        else:
+            counts["pending"] += 1
+    counts["gone"] = len(names - seen)
+    return counts
+
+
+def _list_events(api: Any, namespace: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    token = None
+    while True:
+        page = api.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "webhookevents", limit=500, **({"_continue": token} if token else {})
+        )
+        items.extend(page.get("items", []))
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return items
+
+
+def cmd_replay(api: Any, args: argparse.Namespace) -> int:
+    try:
+        api.get_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhooks", args.name)
+        events = _list_events(api, args.namespace)
+    except ApiException as exc:
+        raise _explain(exc, "Webhook", args.name, args.namespace) from exc
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=parse_duration(args.since))
+    names, in_flight = replay_targets(events, args.name, since, args.failed_only)
+    kind = "failed deliveries" if args.failed_only else "deliveries"
+    skipped = f" ({in_flight} still in flight, not replayed)" if in_flight else ""
+    print(f"found {len(names)} {kind} to webhook {args.namespace}/{args.name} in the last {args.since}{skipped}")
+    value = replay_value(_stamp(), args.name, failed_only=args.failed_only)
+    requested: set[str] = set()
+    for name in names:
+        try:
+            api.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                args.namespace,
+                "webhookevents",
+                name,
+                {"metadata": {"annotations": {REPLAY_ANNOTATION: value}}},
+            )
+        except ApiException as exc:
+            if exc.status == 404:  # deleted (TTL) since the list
+                continue
+            raise _explain(exc, "WebhookEvent", name, args.namespace) from exc
+        requested.add(name)
+    print(f"requested {len(requested)} ({value})")
+    if not args.wait or not requested:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    last = None
+    while True:
+        counts = replay_progress(_list_events(api, args.namespace), args.name, value, requested)
+        line = f"delivered {counts['delivered']}, failed {counts['failed']}, pending {counts['pending']}"
+        if counts["gone"]:
+            line += f", deleted meanwhile {counts['gone']}"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if counts["pending"] == 0:
+            return 0 if counts["failed"] == 0 else 1
+        if time.monotonic() > deadline:
+            raise PluginError(f"timed out after {args.timeout:g}s with {counts['pending']} pending")
+        time.sleep(1.0)
+
+
 def cmd_resume(api: Any, args: argparse.Namespace) -> int:
     try:
         current = api.get_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhooks", args.name)
@@ -324,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     redeliver = sub.add_parser("redeliver", help="deliver an event again to every webhook whose delivery failed")
     redeliver.add_argument("event", help="the WebhookEvent's name; in bus mode, the eventId")
     redeliver.add_argument("--wait", action="store_true")
+    replay = sub.add_parser(
+        "replay", help="deliver the webhook's recorded events of a window again, with the same webhook-ids"
+    )
+    replay.add_argument("name")
+    replay.add_argument("--since", required=True, help="events created in this window, e.g. 2h, 30m")
+    replay.add_argument("--failed-only", action="store_true", help="only deliveries that failed")
+    replay.add_argument("--wait", action="store_true", help="wait and report delivered/failed/pending")
     resume = sub.add_parser("resume", help="deliver again to a webhook the operator auto-disabled")
     resume.add_argument("name")
     resume.add_argument("--wait", action="store_true", help="wait until the operator has resumed it")
@@ -345,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         bus.add_argument("--event-bus-tls-ca", default=None, metavar="FILE")
         bus.add_argument("--event-bus-tls-cert", default=None, metavar="FILE")
         bus.add_argument("--event-bus-tls-key", default=None, metavar="FILE")
-    for p in (test, logs, rotate, redeliver, resume):
+    for p in (test, logs, rotate, redeliver, replay, resume):
         p.add_argument("-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)")
         p.add_argument("--timeout", type=float, default=60.0, help="seconds --wait waits (default 60)")
     return parser
@@ -358,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "logs": cmd_logs,
         "rotate-key": cmd_rotate,
         "redeliver": cmd_redeliver,
+        "replay": cmd_replay,
         "resume": cmd_resume,
     }
     try:

@@ -200,7 +200,15 @@ def _start_leader_part(runtime: Runtime) -> None:
         )
         runtime.watches.append(watch)
         runtime.leader_tasks.append(asyncio.create_task(watch.run(), name=f"{WATCH_TASK_PREFIX}{namespace or 'all'}"))
+    runtime.leader_tasks.append(asyncio.create_task(_order_once_listed(runtime), name="ordering"))
     log.info("delivering")
+
+
+async def _order_once_listed(runtime: Runtime) -> None:
+    """spec.ordering: Ordered deliveries start once every recorded event is known (the first full list)."""
+    engine = runtime.engine
+    await asyncio.gather(*(w.listed.wait() for w in runtime.watches))
+    engine.order_ready.set()
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

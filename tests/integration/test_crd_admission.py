@@ -49,6 +49,7 @@ def full_webhook(name: str = "billing-sync") -> Manifest:
             ],
             "signingKeySecretRef": {"name": "my-key", "key": "signingKey"},
             "retry": {"maxRetries": 3, "backoffSeconds": 1, "maxBackoffSeconds": 60, "timeoutSeconds": 10},
+            "ordering": "Unordered",  # defaulted, so set here to compare the stored spec whole
         },
     }
 

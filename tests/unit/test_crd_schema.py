@@ -395,6 +395,7 @@ def test_webhookevent_status_lists_one_delivery_per_webhook(event_crd: Node) -> 
         "lastAttemptTime",
         "nextAttemptTime",
         "outcome",
+        "rateLimitedMs",
         "responseBody",
         "statusCode",
         "webhook",

@@ -20,7 +20,10 @@ from typing import Any
 
 from webhook_operator.apiretry import backoff_delay, is_transient, retry_after_of, with_retries
 from webhook_operator.delivery.attempt import AttemptResult, send
+from webhook_operator.delivery.ordering import OrderingGate, OrderKey, order_key
 from webhook_operator.delivery.queues import FairSlots, Parked, ParkedEvents
+from webhook_operator.delivery.ratelimit import TokenBucket
+from webhook_operator.delivery.redelivery import REDELIVER, REPLAY, Request, pending_request
 from webhook_operator.delivery.retention import Retention
 from webhook_operator.delivery.transport import DeliveryClient
 from webhook_operator.filter import filter_input
@@ -31,7 +34,6 @@ from webhook_operator.metrics import Metrics
 from webhook_operator.model import (
     FINAL_OUTCOMES,
     FINAL_PHASES,
-    REDELIVER_ANNOTATION,
     format_time,
     format_time_ms,
     now,
@@ -51,6 +53,10 @@ NOT_READY_RECHECK_S = 1.0
 # Deletions of expired events in flight at once: at a busy API server's 100-150 ms per request,
 # 10 fell behind the 60 events/s the operator completes (measured by the benchmark's soak).
 EXPIRY_CONCURRENCY = 32
+# A wait for a rate-limit token shorter than this is no wait (the lock, the event loop).
+MIN_RATE_WAIT_S = 0.001
+# A wait for a token looks at the webhook's spec again this often: a changed limit applies to waiters.
+RATE_RECHECK_S = 1.0
 SAMPLE_DATA = {"id": "sample_0001", "sample": True}
 # Backpressure (see DeliveryEngine.backlogged): the watch pauses, and the rest of a backlog waits in
 # the API server, while this many deliveries per unit of --max-concurrency queue for a global slot...
@@ -74,6 +80,7 @@ WAKE_RETRY_S = 5.0
 # While global slots are short, this fraction of them stays free for webhooks under their fair share.
 RESERVE_FRACTION = 0.1
 
+WebhookKey = tuple[str, str, str]  # (namespace, name, uid)
 DeliveryCallback = Callable[[WebhookState, bool, int | None], None]
 AttemptCallback = Callable[[WebhookState, AttemptResult], None]
 
@@ -103,19 +110,20 @@ class EventJob:
     in_first_round: bool = True
     generation: int | None = None  # metadata.generation, written back as status.observedGeneration
     conditions: list[dict[str, Any]] = field(default_factory=list)  # as last read or written
+    replay: dict[str, Any] | None = None  # status.replay: the last replay request answered
+    order: OrderKey = ("", "", "")  # spec.ordering: (creationTimestamp, namespace, name)
 
     @property
-    def handled_redelivery(self) -> str | None:
-        """The redeliver-requested-at value this job answers (or last answered), if any."""
-        value = (self.redelivery or {}).get("requestedAt")
-        return str(value) if value else None
+    def handled(self) -> tuple[str | None, ...]:
+        """The redeliver and replay values this job answers (or last answered)."""
+        return ((self.redelivery or {}).get("requestedAt"), (self.replay or {}).get("requestedAt"))
 
 
 @dataclass(frozen=True)
 class Finished:
     """An event this engine finished moments ago: watch events from before its final write may follow."""
 
-    handled_redelivery: str | None
+    handled: tuple[str | None, ...]
     clock: float
 
 
@@ -172,6 +180,14 @@ class DeliveryEngine:
         self._recording = asyncio.Event()
         self._recording.set()
         self.status_writes = 0
+        # spec.ordering: open deliveries per webhook, in event creation order. Ordered deliveries wait
+        # until the first full list of events is in (set by the runtime), so that the order after a
+        # restart is rebuilt from every recorded event, not from the first page.
+        self.ordering = OrderingGate()
+        self.order_ready = asyncio.Event()
+        self._order_moved: dict[WebhookKey, asyncio.Event] = {}
+        # spec.rateLimit: one bucket per webhook (uid included: a recreated webhook starts full).
+        self._buckets: dict[WebhookKey, tuple[TokenBucket, asyncio.Lock]] = {}
 
     # -- watch entry point --------------------------------------------------------------
     async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
@@ -187,31 +203,31 @@ class DeliveryEngine:
             self.retention.forget(uid)
             return
         status = body.get("status") or {}
-        redeliver = (meta.get("annotations") or {}).get(REDELIVER_ANNOTATION)
-        handled = (status.get("redelivery") or {}).get("requestedAt")
         if uid in self._parked:
-            # Read again when due; only a new redelivery request wakes it now (the echo of our own
-            # last write, or a relist, changes nothing).
-            if not (redeliver and redeliver != handled):
+            # Read again when due; only a new redelivery (or replay) request wakes it now (the echo of
+            # our own last write, or a relist, changes nothing).
+            if pending_request(meta, status) is None:
                 return
             self._unpark(uid)
         job = self._jobs.get(uid)
         if job is not None:
             # Whatever the version of this object: a request not yet answered is answered next.
-            if redeliver and redeliver not in (handled, job.handled_redelivery):
-                job.next_redelivery = redeliver
+            request = pending_request(meta, status, job.handled)
+            if request is not None:
+                job.next_redelivery = request.value
             return
         finished = self._finished.get(uid)
         if finished is not None:
             # Echo of our own writes, or older: only a new redelivery request counts, and it is taken
             # from a fresh read, since this copy's status may predate our final write.
-            if redeliver and redeliver not in (handled, finished.handled_redelivery):
+            if pending_request(meta, status, finished.handled) is not None:
                 self._redeliver_fresh(meta.get("namespace", ""), meta.get("name", ""), uid)
             return
         if status.get("phase") in FINAL_PHASES:
-            if redeliver and redeliver != handled:
+            request = pending_request(meta, status)
+            if request is not None:
                 self.retention.forget(uid)
-                self._start(self._job_from(body, redeliver=redeliver))
+                self._start(self._job_from(body, request=request))
             else:
                 self._expire_later(body)
             return
@@ -224,7 +240,7 @@ class DeliveryEngine:
         if not job.final_written:
             self._finished.pop(job.uid, None)  # not finished: a later watch event may resume it
             return
-        self._finished[job.uid] = Finished(job.handled_redelivery, clock)
+        self._finished[job.uid] = Finished(job.handled, clock)
         self._finished.move_to_end(job.uid)
 
     def _redeliver_fresh(self, namespace: str, name: str, uid: str) -> None:
@@ -246,20 +262,24 @@ class DeliveryEngine:
             self._fetching.discard(uid)
         if body is None or (body.get("metadata") or {}).get("uid") != uid or uid in self._jobs:
             return
-        redeliver = ((body.get("metadata") or {}).get("annotations") or {}).get(REDELIVER_ANNOTATION)
-        handled = ((body.get("status") or {}).get("redelivery") or {}).get("requestedAt")
-        if redeliver and redeliver != handled:
+        request = pending_request(body.get("metadata") or {}, body.get("status") or {})
+        if request is not None:
             self._unpark(uid)
-            self._start(self._job_from(body, redeliver=redeliver))
+            self._start(self._job_from(body, request=request))
 
-    def _job_from(self, body: dict[str, Any], *, redeliver: str | None = None) -> EventJob:
+    def _job_from(
+        self, body: dict[str, Any], *, request: Request | None = None, redeliver: str | None = None
+    ) -> EventJob:
+        """The job for an event; ``request`` (or a redeliver annotation value) starts its deliveries over."""
         meta, spec, status = body["metadata"], body.get("spec") or {}, body.get("status") or {}
+        if redeliver and request is None:
+            request = Request(REDELIVER, redeliver)
         created = parse_time(meta.get("creationTimestamp")) or now()
         deliveries = [dict(d) for d in status.get("deliveries") or ()]
-        redelivery = status.get("redelivery")
-        if redeliver:
+        answered = {REDELIVER: status.get(REDELIVER), REPLAY: status.get(REPLAY)}
+        if request is not None:
             for entry in deliveries:
-                if entry.get("outcome") == "Failed":
+                if request.selects(entry):
                     entry.update(outcome="Pending", attempts=0)
                     for key in (
                         "statusCode",
@@ -269,9 +289,10 @@ class DeliveryEngine:
                         "durationMs",
                         "firstAttemptTime",
                         "lastAttemptTime",
+                        "rateLimitedMs",
                     ):
                         entry.pop(key, None)
-            redelivery = {"requestedAt": redeliver, "startedAt": format_time(now())}
+            answered[request.kind] = {"requestedAt": request.value, "startedAt": format_time(now())}
         generation = meta.get("generation")
         return EventJob(
             namespace=meta["namespace"],
@@ -282,7 +303,9 @@ class DeliveryEngine:
             event_id=str(spec.get("eventId") or meta["uid"]),
             data=spec.get("data"),
             deliveries=deliveries,
-            redelivery=redelivery,
+            redelivery=answered[REDELIVER],
+            replay=answered[REPLAY],
+            order=order_key(format_time(created), meta["namespace"], meta["name"]),
             generation=generation if isinstance(generation, int) else None,
             conditions=list(status.get("conditions") or ()),
         )
@@ -328,7 +351,7 @@ class DeliveryEngine:
     async def _run(self, job: EventJob) -> None:
         self._dequeued()
         try:
-            fresh = not job.deliveries and job.redelivery is None
+            fresh = not job.deliveries and job.redelivery is None and job.replay is None
             if fresh:
                 payload = filter_input(job.event, job.event_id, job.created_at, job.data)
                 targets = self.index.subscribers(job.namespace, job.event, payload)
@@ -359,6 +382,7 @@ class DeliveryEngine:
         """Attempt one delivery until it is final; or return when it is to wait outside memory."""
         name = entry["webhook"]
         counted: WebhookState | None = None  # the webhook whose deliveries_pending counts this delivery
+        ordered_as: WebhookKey | None = None  # where this delivery stands in its webhook's order
 
         def count_pending(state: WebhookState | None) -> None:
             nonlocal counted
@@ -381,6 +405,12 @@ class DeliveryEngine:
                 assert state is not None
                 if counted is not state:
                     count_pending(state)
+                if ordered_as != (state.namespace, name, state.uid):
+                    if ordered_as is not None:
+                        self._unorder(ordered_as, job.order)
+                    ordered_as = (state.namespace, name, state.uid)
+                    self.ordering.add(ordered_as, job.order)
+                    self._order_gauge(ordered_as, state)
                 if ending == NOT_READY:
                     # Not Ready for now (a Secret being recreated, an API error while reconciling):
                     # the attempt waits, and is not counted, until the webhook is Ready again.
@@ -390,25 +420,48 @@ class DeliveryEngine:
                 due = parse_time(entry.get("nextAttemptTime"))
                 if due is not None:
                     delay = (due - now()).total_seconds()
-                    if delay > self.park_after_s:
+                    # An Ordered webhook's delivery stays in memory: it holds its place in the order.
+                    if delay > self.park_after_s and not state.spec.ordered:
                         return _Park(due.timestamp(), entry["webhook"])
                     if delay > 0:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self._stopping.wait(), min(delay, NOT_READY_RECHECK_S * 30))
                         continue  # the webhook may have changed while we waited
+                if state.spec.ordered and not (
+                    self.order_ready.is_set() and self.ordering.may_attempt(ordered_as, job.order)
+                ):
+                    # Behind an earlier event of this webhook that is not final yet: wait, holding no slot.
+                    self._first_round_over(job)
+                    await self._wait_for_turn(ordered_as, state)
+                    continue
                 if not self._recording.is_set():
                     await self._until_recording()
                     continue
                 key = (job.namespace, name)
                 if self._load.get(key, 0) >= self.max_waiting_per_webhook:
                     return _Park(now().timestamp() + BUSY_RECHECK_S, entry["webhook"], busy=key)
+                token_turn: asyncio.Lock | None = None
+                rate_waited = 0.0
+                held = self._current_bucket(state)
+                if held is not None:
+                    # spec.rateLimit: wait for a token outside the round (the other webhooks' results get
+                    # written) holding no slot; this delivery keeps the turn until _attempt takes the token.
+                    token_turn = held[1]
+                    rate_waited = await self._wait_for_token(state, held)
+                    if self.index.get(job.namespace, name) is not state or waiting_reason(state) is not None:
+                        token_turn.release()  # deleted, disabled or not Ready while it waited: look again
+                        continue
                 job.running += 1
                 count_pending(None)
+                self.ordering.attempt_started(ordered_as)
                 try:
-                    result = await self._attempt(job, entry, state)
+                    result = await self._attempt(job, entry, state, rate_waited, token_turn)
                 except _Stopped:  # shutting down before the request was sent: the entry stays as it was
                     await self._round_done(job)
                     return None
+                finally:
+                    self.ordering.attempt_ended(ordered_as)
+                    self._order_wake(ordered_as)
                 final = self._apply(entry, result, state)
                 if final and self._live(state):
                     succeeded = entry["outcome"] == "Succeeded"
@@ -420,6 +473,84 @@ class DeliveryEngine:
             return None
         finally:
             count_pending(None)
+            if ordered_as is not None:
+                self._unorder(ordered_as, job.order)
+
+    # -- spec.ordering --------------------------------------------------------------------
+    def _unorder(self, webhook: WebhookKey, key: OrderKey) -> None:
+        self.ordering.remove(webhook, key)
+        self._order_wake(webhook)
+        state = self.index.get(webhook[0], webhook[1])
+        if state is not None and state.uid == webhook[2]:
+            self._order_gauge(webhook, state)
+
+    def _order_wake(self, webhook: WebhookKey) -> None:
+        moved = self._order_moved.pop(webhook, None)
+        if moved is not None:
+            moved.set()
+
+    def _order_gauge(self, webhook: WebhookKey, state: WebhookState) -> None:
+        blocked = self.ordering.blocked(webhook) if state.spec.ordered else 0
+        self.metrics.ordered_blocked.labels(state.namespace, state.name).set(blocked)
+
+    async def _wait_for_turn(self, webhook: WebhookKey, state: WebhookState) -> None:
+        """Until the order of this webhook moves (or a second passes: the spec may have changed)."""
+        moved = self._order_moved.setdefault(webhook, asyncio.Event())
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(moved.wait(), NOT_READY_RECHECK_S)
+        if self._live(state):
+            self.metrics.ordered_wait(state.namespace, state.name, time.monotonic() - started)
+            self._order_gauge(webhook, state)
+
+    # -- spec.rateLimit -------------------------------------------------------------------
+    def _bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+        key = (state.namespace, state.name, state.uid)
+        limit = state.spec.rate_limit
+        if limit is None:
+            self._buckets.pop(key, None)
+            return None
+        held = self._buckets.get(key)
+        if held is None:
+            held = self._buckets[key] = (TokenBucket(limit, time.monotonic()), asyncio.Lock())
+        else:
+            held[0].reconfigure(limit, time.monotonic())
+        return held
+
+    def _current_bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+        """The bucket of the webhook's current spec (a reconcile may have replaced ``state`` meanwhile)."""
+        current = self.index.get(state.namespace, state.name)
+        return self._bucket(current if current is not None and current.uid == state.uid else state)
+
+    async def _wait_for_token(self, state: WebhookState, held: tuple[TokenBucket, asyncio.Lock]) -> float:
+        """Take the webhook's turn (its lock) and wait, holding no slot, until its bucket has a token;
+        the seconds waited, the turn included. The caller passes the turn on to ``_attempt``.
+
+        Waiters queue for the turn oldest first, so one wakes per token rather than all of them; the
+        spec is looked at again every RATE_RECHECK_S, so a changed or removed limit applies to waiters.
+        """
+        started = time.monotonic()
+        bucket, turn = held
+        await turn.acquire()
+        try:
+            while not self._stopping.is_set():
+                now_held = self._current_bucket(state)
+                if now_held is None or now_held[0] is not bucket:
+                    break  # the limit was removed
+                delay = bucket.delay(time.monotonic())
+                if delay <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(delay, RATE_RECHECK_S))
+        except BaseException:
+            turn.release()
+            raise
+        waited = time.monotonic() - started
+        if waited < MIN_RATE_WAIT_S:
+            return 0.0
+        if self._live(state):
+            self.metrics.rate_limited(state.namespace, state.name, waited)
+        return waited
 
     async def _until_recording(self) -> None:
         """Wait while status writes fail (or until stopping)."""
@@ -435,11 +566,28 @@ class DeliveryEngine:
         current = self.index.get(state.namespace, state.name)
         return current is not None and current.uid == state.uid
 
-    async def _attempt(self, job: EventJob, entry: dict[str, Any], state: WebhookState) -> AttemptResult:
+    async def _attempt(
+        self,
+        job: EventJob,
+        entry: dict[str, Any],
+        state: WebhookState,
+        waited: float = 0.0,
+        token_turn: asyncio.Lock | None = None,
+    ) -> AttemptResult:
+        """One attempt. With ``token_turn`` (the webhook's rate-limit turn, held by this delivery), the
+        token is taken once the slots are held, at the moment of sending, and the turn passed on."""
         body = build_body(
             hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.event_id, data=job.data
         )
         assert state.limiter is not None
+        turn = token_turn
+
+        def end_turn() -> None:
+            nonlocal turn
+            if turn is not None:
+                turn.release()
+                turn = None
+
         key = (job.namespace, state.name)
         self._load[key] = self._load.get(key, 0) + 1
         try:
@@ -453,6 +601,11 @@ class DeliveryEngine:
                 if self._stopping.is_set():
                     self._global.release(key)
                     raise _Stopped()
+                if turn is not None:
+                    held = self._current_bucket(state)
+                    if held is not None:
+                        held[0].take(time.monotonic())
+                    end_turn()
                 self.metrics.in_flight.labels(job.namespace, state.name).inc()
                 try:
                     result = await send(
@@ -463,6 +616,7 @@ class DeliveryEngine:
                         self.metrics.in_flight.labels(job.namespace, state.name).dec()
                     self._global.release(key)
         finally:
+            end_turn()
             load = self._load[key] - 1
             if load:
                 self._load[key] = load
@@ -472,6 +626,10 @@ class DeliveryEngine:
                 woken = self._parked.pop_busy(key)  # room again: the longest-waiting event comes back
                 if woken is not None:
                     self._spawn(self._wake(*woken))
+        if waited > 0:
+            entry["rateLimitedMs"] = round(waited * 1000)  # the request log shows the wait
+        else:
+            entry.pop("rateLimitedMs", None)
         if self._live(state):
             self.metrics.attempt(
                 job.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
@@ -579,6 +737,8 @@ class DeliveryEngine:
             status["completionTime"] = job.completion_time
         if job.redelivery is not None:
             status["redelivery"] = job.redelivery
+        if job.replay is not None:
+            status["replay"] = job.replay
         return status
 
     # -- events waiting outside memory ---------------------------------------------------

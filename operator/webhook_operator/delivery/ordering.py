@@ -1,0 +1,64 @@
+"""``spec.ordering: Ordered``: which delivery of a webhook may be attempted next (pure).
+
+Every open delivery (not yet Succeeded or Failed) of every webhook is registered under its event's
+order key, ``(creationTimestamp, namespace, name)``: creation time to the second as the API server
+stamps it, then the event's name, so two events of the same second have one fixed order that every
+replica and every restart computes alike. With ``Ordered`` a delivery may be attempted only while it
+is the first open delivery of its webhook and no other attempt to that webhook is under way; a
+retrying head therefore blocks the deliveries behind it until it is final.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+OrderKey = tuple[str, str, str]  # (creationTimestamp "YYYY-MM-DDTHH:MM:SSZ", namespace, name)
+WebhookKey = tuple[str, str, str]  # (namespace, name, uid)
+
+
+def order_key(creation_timestamp: str, namespace: str, name: str) -> OrderKey:
+    return (creation_timestamp, namespace, name)
+
+
+class OrderingGate:
+    def __init__(self) -> None:
+        self._open: dict[WebhookKey, list[OrderKey]] = defaultdict(list)
+        self._attempting: dict[WebhookKey, int] = defaultdict(int)
+
+    def add(self, webhook: WebhookKey, key: OrderKey) -> None:
+        keys = self._open[webhook]
+        at = bisect.bisect_left(keys, key)
+        if at == len(keys) or keys[at] != key:
+            keys.insert(at, key)
+
+    def remove(self, webhook: WebhookKey, key: OrderKey) -> None:
+        keys = self._open.get(webhook)
+        if not keys:
+            return
+        at = bisect.bisect_left(keys, key)
+        if at < len(keys) and keys[at] == key:
+            del keys[at]
+        if not keys:
+            del self._open[webhook]
+
+    def may_attempt(self, webhook: WebhookKey, key: OrderKey) -> bool:
+        """Whether this delivery is its webhook's head and nothing else is being sent to it."""
+        keys = self._open.get(webhook)
+        return keys is not None and keys[0] == key and self._attempting.get(webhook, 0) == 0
+
+    def head(self, webhook: WebhookKey) -> OrderKey | None:
+        keys = self._open.get(webhook)
+        return keys[0] if keys else None
+
+    def blocked(self, webhook: WebhookKey) -> int:
+        """Open deliveries behind the head."""
+        return max(0, len(self._open.get(webhook, ())) - 1)
+
+    def attempt_started(self, webhook: WebhookKey) -> None:
+        self._attempting[webhook] += 1
+
+    def attempt_ended(self, webhook: WebhookKey) -> None:
+        self._attempting[webhook] -= 1
+        if self._attempting[webhook] <= 0:
+            del self._attempting[webhook]
