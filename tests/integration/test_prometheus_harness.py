@@ -75,6 +75,8 @@ def _register_metrics(registry: CollectorRegistry) -> tuple[Counter, Counter, Hi
         gauges["webhook_ready"].labels(*key).set(ready)
         gauges["deliveries_in_flight"].labels(*key).set(1 if key != NOT_READY else 0)
         gauges["deliveries_pending"].labels(*key).set(2 if key != NOT_READY else 0)
+    # This exporter stands for the replica that holds the Lease.
+    Gauge("webhook_operator_leader", "1 while this replica holds the Lease", registry=registry).set(1)
     # Children start at 0 before the first scrape, so the first increments show up in rate().
     for key in (HEALTHY, FAILING):
         deliveries.labels(*key, "User.Created", "success")
@@ -188,6 +190,7 @@ def test_alert_rules_load_and_evaluate_without_errors(prometheus: PrometheusServ
         "WebhookOperatorDown",
         "WebhookDeliveryBacklogGrowing",
         "WebhookNotReady",
+        "WebhookOperatorNoLeader",
     }
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"

@@ -24,7 +24,10 @@ counter = pathlib.Path(os.environ["COUNTER"])
 n = int(counter.read_text()) + 1 if counter.exists() else 1
 counter.write_text(str(n))
 info = json.loads(os.environ["KUBERNETES_EXEC_INFO"])
-expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=float(os.environ["TTL"]))
+# TTL for the first token; later ones live an hour, so a renewal is never due again at once
+# (expirationTimestamp has whole seconds: a second 61 s token could be inside its last minute already).
+ttl = float(os.environ["TTL"]) if n == 1 else 3600.0
+expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=ttl)
 print(json.dumps({
     "apiVersion": info["apiVersion"],
     "kind": "ExecCredential",
