@@ -15,7 +15,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from webhook_operator import GROUP, VERSION
-from webhook_operator.bus.config import BusSettings
+from webhook_operator.bus.config import BusSettings, connection_from_args
 from webhook_operator.delivery.redelivery import replay_value
 from webhook_operator.model import (
     REDELIVER_ANNOTATION,
@@ -163,16 +163,7 @@ def bus_settings(args: argparse.Namespace) -> BusSettings | None:
     servers = list(args.event_bus) or [s for s in os.environ.get(BUS_ENV, "").split(",") if s.strip()]
     if not servers:
         return None
-    return BusSettings(
-        servers=tuple(s.strip() for s in servers),
-        creds_file=args.event_bus_creds,
-        nkey_seed_file=args.event_bus_nkey,
-        user=args.event_bus_user,
-        password_file=args.event_bus_password_file,
-        tls_ca=args.event_bus_tls_ca,
-        tls_cert=args.event_bus_tls_cert,
-        tls_key=args.event_bus_tls_key,
-    )
+    return connection_from_args(args, tuple(s.strip() for s in servers))
 
 
 def _on_bus(what: str, call: Any) -> Any:
@@ -460,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
         bus.add_argument("--event-bus-user", default=None)
         bus.add_argument(
             "--event-bus-password-file", default=None, metavar="FILE", help="else $WEBHOOK_OPERATOR_EVENT_BUS_PASSWORD"
+        )
+        bus.add_argument(
+            "--event-bus-token-file", default=None, metavar="FILE", help="else $WEBHOOK_OPERATOR_EVENT_BUS_TOKEN"
         )
         bus.add_argument("--event-bus-tls-ca", default=None, metavar="FILE")
         bus.add_argument("--event-bus-tls-cert", default=None, metavar="FILE")

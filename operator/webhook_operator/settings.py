@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from webhook_operator.bus.config import BusSettings
+from webhook_operator.bus.config import BusSettings, connection_from_args
 from webhook_operator.leader import default_namespace
 from webhook_operator.policy import DestinationPolicy
 
@@ -233,16 +234,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
             raise SystemExit(f"error: --event-bus {bad[0]!r}: use nats://HOST:PORT or tls://HOST:PORT")
         if not 1 <= args.event_bus_stream_replicas <= 5:
             raise SystemExit("error: --event-bus-stream-replicas must be 1 to 5")
-        event_bus = BusSettings(
-            servers=tuple(dict.fromkeys(args.event_bus)),
-            creds_file=args.event_bus_creds,
-            nkey_seed_file=args.event_bus_nkey,
-            user=args.event_bus_user,
-            password_file=args.event_bus_password_file,
-            token_file=args.event_bus_token_file,
-            tls_ca=args.event_bus_tls_ca,
-            tls_cert=args.event_bus_tls_cert,
-            tls_key=args.event_bus_tls_key,
+        event_bus = dataclasses.replace(
+            connection_from_args(args, tuple(dict.fromkeys(args.event_bus))),
             dedupe_window_s=float(args.event_bus_dedupe_window),
             log_max_age_s=float(args.event_bus_log_max_age),
             log_max_bytes=args.event_bus_log_max_bytes,

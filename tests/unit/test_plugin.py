@@ -6,7 +6,7 @@ import datetime as dt
 
 from kubernetes.client.exceptions import ApiException
 
-from webhook_operator.plugin import _explain, log_rows, table
+from webhook_operator.plugin import _explain, build_parser, bus_settings, log_rows, table
 
 
 def _event(name: str, when: str, *entries: dict[str, object]) -> dict[str, object]:
@@ -63,3 +63,17 @@ def test_missing_object_names_it() -> None:
     exc = ApiException(status=404, reason="Not Found")
     exc.body = '{"message": "webhooks.webhook-operator.io \\"x\\" not found"}'
     assert str(_explain(exc, "Webhook", "x", "ns")) == 'Webhook "x" not found in namespace "ns"'
+
+
+def test_bus_mode_flags_of_the_plugin_reach_the_same_connection_settings_as_the_operators() -> None:
+    args = build_parser().parse_args(
+        ["logs", "hook", "--event-bus", "nats://127.0.0.1:4222", "--event-bus-token-file", "/run/nats/token",
+         "--event-bus-tls-ca", "/run/nats/ca.crt"]
+    )  # fmt: skip
+    bus = bus_settings(args)
+    assert bus is not None
+    assert (bus.servers, bus.token_file, bus.tls_ca) == (
+        ("nats://127.0.0.1:4222",),
+        "/run/nats/token",
+        "/run/nats/ca.crt",
+    )

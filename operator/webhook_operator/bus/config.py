@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 PASSWORD_ENV = "WEBHOOK_OPERATOR_EVENT_BUS_PASSWORD"
 TOKEN_ENV = "WEBHOOK_OPERATOR_EVENT_BUS_TOKEN"
@@ -28,6 +29,21 @@ class BusSettings:
     # A message not acknowledged for this long goes to another replica (a crashed one's, say); held
     # messages get in-progress acks every third of it.
     ack_wait_s: float = 30.0
+
+
+def connection_from_args(args: Any, servers: tuple[str, ...]) -> BusSettings:
+    """How to reach NATS, from the ``--event-bus-*`` flags the operator and the plugin share."""
+    return BusSettings(
+        servers=servers,
+        creds_file=args.event_bus_creds,
+        nkey_seed_file=args.event_bus_nkey,
+        user=args.event_bus_user,
+        password_file=args.event_bus_password_file,
+        token_file=args.event_bus_token_file,
+        tls_ca=args.event_bus_tls_ca,
+        tls_cert=args.event_bus_tls_cert,
+        tls_key=args.event_bus_tls_key,
+    )
 
 
 def _read(path: str | None) -> str | None:
