@@ -189,6 +189,8 @@ def _start_leader_part(runtime: Runtime) -> None:
     if runtime.bus is not None:
         # One writer of every Webhook's health: outcomes of all replicas, from the request log.
         runtime.leader_tasks.append(asyncio.create_task(runtime.bus.fold_health(runtime.webhooks), name="bus-health"))
+        # spec.rateLimit and Ordered: one bucket and one order per webhook, so one puller (bus/control.py).
+        runtime.leader_tasks.append(asyncio.create_task(runtime.bus.control(), name="bus-controlled"))
     # WebhookEvents are watched here, not through kopf: see watch.py.
     scopes: list[str | None] = [*settings.namespaces] or [None]
     for namespace in scopes:

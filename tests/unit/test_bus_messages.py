@@ -101,11 +101,14 @@ def record(outcome: str, *, time: str, attempts: int = 1, delivery: Delivery = D
     return dict(body)
 
 
-def test_log_records_carry_the_event_only_when_failed_and_a_bounded_response() -> None:
+def test_log_records_carry_the_event_only_when_final_and_a_bounded_response() -> None:
     ok = record("Succeeded", time="2026-01-02T03:04:06.000Z")
     bad = record("Failed", time="2026-01-02T03:04:07.000Z")
-    assert "delivery" not in ok and len(ok["responseBody"]) == 1024
+    retrying = record("Retrying", time="2026-01-02T03:04:05.000Z")
+    assert "delivery" not in retrying and len(ok["responseBody"]) == 1024
+    # Failed for redeliver, Succeeded too for replay (every final delivery of a window).
     assert Delivery.decode(json.dumps(bad["delivery"]).encode()) == DELIVERY
+    assert Delivery.decode(json.dumps(ok["delivery"]).encode()) == DELIVERY
 
 
 def test_log_rows_newest_first_since_and_failed_only() -> None:

@@ -4,6 +4,8 @@ Subjects (``<webhook>`` has its dots written as ``~``, which no Kubernetes name 
 
 - ``webhook-operator.events.<namespace>``: what applications publish, ``{"event", "data"}``;
 - ``webhook-operator.deliveries.<namespace>.<webhook>``: one message per (event, webhook), from fan-out;
+- ``webhook-operator.controlled.<namespace>.<webhook>``: the same for a webhook with ``spec.rateLimit`` or
+  ``spec.ordering: Ordered``, pulled by the Lease holder alone through the webhook's own consumer;
 - ``webhook-operator.log.<namespace>.<webhook>``: one record per attempt, the request log and the
   source of health.
 """
@@ -20,9 +22,12 @@ from webhook_operator.ingress.parse import EVENT_NAME_MAX, EVENT_NAME_RE
 EVENTS_PREFIX = "webhook-operator.events."
 DELIVERIES_PREFIX = "webhook-operator.deliveries."
 LOG_PREFIX = "webhook-operator.log."
+CONTROLLED_PREFIX = "webhook-operator.controlled."
 EVENTS_STREAM = "WEBHOOK_OPERATOR_EVENTS"
 DELIVERIES_STREAM = "WEBHOOK_OPERATOR_DELIVERIES"
 LOG_STREAM = "WEBHOOK_OPERATOR_LOG"
+CONTROLLED_STREAM = "WEBHOOK_OPERATOR_CONTROLLED"
+CONTROLLED_CONSUMER_PREFIX = "controlled_"
 FANOUT_CONSUMER = "fanout"
 DELIVER_CONSUMER = "deliver"
 HEALTH_CONSUMER = "health"
@@ -43,9 +48,33 @@ def log_subject(namespace: str, webhook: str) -> str:
     return f"{LOG_PREFIX}{namespace}.{webhook.replace('.', '~')}"
 
 
+def controlled_subject(namespace: str, webhook: str) -> str:
+    return f"{CONTROLLED_PREFIX}{namespace}.{webhook.replace('.', '~')}"
+
+
+def controlled_consumer(namespace: str, webhook: str) -> str:
+    """The durable consumer of one webhook's controlled deliveries (``_`` is in no Kubernetes name)."""
+    return f"{CONTROLLED_CONSUMER_PREFIX}{namespace}_{webhook.replace('.', '~')}"
+
+
+def subject_key(prefix: str, subject: str) -> tuple[str, str] | None:
+    """(namespace, webhook) of a ``<prefix><namespace>.<webhook>`` subject."""
+    parts = subject[len(prefix) :].split(".") if subject.startswith(prefix) else []
+    if len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1].replace("~", ".")
+
+
 def log_subject_key(subject: str) -> tuple[str, str] | None:
     """(namespace, webhook) of a request-log subject."""
-    parts = subject[len(LOG_PREFIX) :].split(".") if subject.startswith(LOG_PREFIX) else []
+    return subject_key(LOG_PREFIX, subject)
+
+
+def consumer_key(durable: str) -> tuple[str, str] | None:
+    """(namespace, webhook) of a controlled consumer's name."""
+    if not durable.startswith(CONTROLLED_CONSUMER_PREFIX):
+        return None
+    parts = durable[len(CONTROLLED_CONSUMER_PREFIX) :].split("_")
     if len(parts) != 2 or not all(parts):
         return None
     return parts[0], parts[1].replace("~", ".")
@@ -104,7 +133,8 @@ class Delivery:
     event_id: str
     created_at: str  # createdAt of the body, the time the event was stored on the bus
     data: Any
-    redelivery: str | None = None  # requestedAt of a `kubectl webhooks redeliver`
+    redelivery: str | None = None  # requestedAt of a `kubectl webhooks redeliver` (or replay)
+    seq: int = 0  # the event's sequence in the events stream: the order of spec.ordering Ordered
 
     def encode(self) -> bytes:
         body = {
@@ -119,6 +149,8 @@ class Delivery:
         }
         if self.redelivery:
             body["redelivery"] = self.redelivery
+        if self.seq:
+            body["seq"] = self.seq
         return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
@@ -135,6 +167,7 @@ class Delivery:
                 created_at=str(body["createdAt"]),
                 data=body.get("data"),
                 redelivery=body.get("redelivery"),
+                seq=int(body.get("seq") or 0),
             )
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise BadMessage("delivery", f"not a delivery message: {exc}") from None
@@ -153,7 +186,8 @@ def log_record(
     next_attempt_time: str | None = None,
     replica: str = "",
 ) -> bytes:
-    """One request-log record. A failed one carries the event, so `redeliver` can send it again."""
+    """One request-log record. A final one carries the event, so `redeliver` (Failed) and `replay`
+    (Succeeded or Failed) can send it again."""
     record: dict[str, Any] = {
         "time": time,
         "event": delivery.event,
@@ -173,6 +207,6 @@ def log_record(
         record["nextAttemptTime"] = next_attempt_time
     if delivery.redelivery:
         record["redelivery"] = delivery.redelivery
-    if outcome == "Failed":
+    if outcome in FINAL:
         record["delivery"] = json.loads(delivery.encode())
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,16 @@ from nats.js.api import (
 )
 
 from webhook_operator.bus.config import BusSettings, connect_options
+from webhook_operator.bus.control import (
+    ORDER_WINDOW,
+    ConsumerView,
+    controlled,
+    fanned_out_through,
+    ordered_turn,
+)
 from webhook_operator.bus.messages import (
+    CONTROLLED_PREFIX,
+    CONTROLLED_STREAM,
     DELIVER_CONSUMER,
     DELIVERIES_PREFIX,
     DELIVERIES_STREAM,
@@ -47,6 +57,9 @@ from webhook_operator.bus.messages import (
     MSG_ID_HEADER,
     BadMessage,
     Delivery,
+    consumer_key,
+    controlled_consumer,
+    controlled_subject,
     deliveries_subject,
     derived_event_id,
     events_subject,
@@ -54,9 +67,11 @@ from webhook_operator.bus.messages import (
     log_subject,
     log_subject_key,
     parse_published,
+    subject_key,
 )
 from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.engine import NOT_READY, waiting_reason
+from webhook_operator.delivery.ratelimit import TokenBucket
 from webhook_operator.delivery.transport import DeliveryClient
 from webhook_operator.filter import filter_input
 from webhook_operator.index import WebhookIndex, WebhookState
@@ -77,6 +92,10 @@ FANOUT_BATCH = 100
 RECONNECT_S = 2.0
 NOT_READY_RECHECK_S = 1.0
 PUBLISH_TIMEOUT_S = 5.0
+CONTROL_INTERVAL_S = 1.0  # the Lease holder looks for controlled webhooks and stranded deliveries this often
+ORDER_POLL_S = 0.05  # an Ordered webhook waiting for its turn looks again this often
+RATE_RECHECK_S = 1.0  # a rate-limit waiter looks at the spec again this often
+MIN_RATE_WAIT_S = 0.001
 
 
 class BusUnavailable(Exception):
@@ -111,6 +130,8 @@ class BusWorker:
         self._stopping = asyncio.Event()
         self._stream_created = ""
         self._connecting = asyncio.Lock()
+        # spec.rateLimit on the controlled path (the Lease holder): one bucket and turn per webhook uid.
+        self._buckets: dict[tuple[str, str, str], tuple[TokenBucket, asyncio.Lock]] = {}
 
     # -- connection and topology ---------------------------------------------------------
     async def connect(self) -> None:
@@ -161,6 +182,15 @@ class BusWorker:
             StreamConfig(
                 name=DELIVERIES_STREAM,
                 subjects=[DELIVERIES_PREFIX + "*.*"],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=DELIVERIES_DEDUPE_S,
+                discard=DiscardPolicy.NEW,
+                num_replicas=bus.replicas,
+            ),
+            StreamConfig(
+                name=CONTROLLED_STREAM,
+                subjects=[CONTROLLED_PREFIX + "*.*"],
                 retention=RetentionPolicy.WORK_QUEUE,
                 storage=StorageType.FILE,
                 duplicate_window=DELIVERIES_DEDUPE_S,
@@ -287,6 +317,7 @@ class BusWorker:
                 event_id=event_id,
                 created_at=created_at,
                 data=published.data,
+                seq=meta.sequence.stream,
             )
             for target in self.index.subscribers(published.namespace, published.event, payload)
         ]
@@ -304,10 +335,16 @@ class BusWorker:
     async def _publish_delivery(self, delivery: Delivery) -> asyncio.Future[Any]:
         assert self.js is not None
         return await self.js.publish_async(
-            deliveries_subject(delivery.namespace, delivery.webhook),
+            self._subject_for(delivery, controlled(self.index.get(delivery.namespace, delivery.webhook))),
             delivery.encode(),
             headers={MSG_ID_HEADER: delivery.id},
         )
+
+    @staticmethod
+    def _subject_for(delivery: Delivery, to_controlled: bool) -> str:
+        if to_controlled:
+            return controlled_subject(delivery.namespace, delivery.webhook)
+        return deliveries_subject(delivery.namespace, delivery.webhook)
 
     @staticmethod
     async def _stored(acks: list[asyncio.Future[Any]]) -> None:
@@ -338,17 +375,17 @@ class BusWorker:
             msgs = await self._fetch(sub, free, 1.0)
             for msg in msgs:
                 await self._held.acquire()
-                self._spawn(self._deliver(msg))
+                self._spawn(self._deliver(msg, on_controlled=False))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, msg: Msg) -> None:
+    async def _deliver(self, msg: Msg, *, on_controlled: bool) -> None:
         self._held_since[id(msg)] = (msg, asyncio.get_running_loop().time())
         try:
-            await self._deliver_one(msg)
+            await self._deliver_one(msg, on_controlled=on_controlled)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -358,7 +395,8 @@ class BusWorker:
             self._held_since.pop(id(msg), None)
             self._held.release()
 
-    async def _deliver_one(self, msg: Msg) -> None:
+    async def _deliver_one(self, msg: Msg, *, on_controlled: bool) -> None:
+        """Attempt one delivery message (shared path, or the Lease holder's controlled path)."""
         try:
             delivery = Delivery.decode(msg.data)
         except BadMessage as exc:
@@ -368,6 +406,11 @@ class BusWorker:
             state = self.index.get(delivery.namespace, delivery.webhook)
             if state is not None and state.uid != delivery.webhook_uid:
                 state = None  # deleted and created again: not the webhook this event was for
+            if state is not None and controlled(state) != on_controlled:
+                # On the other path than its webhook's spec asks for now (a spec change, a redeliver or
+                # replay published to the deliveries subject, a replica's index behind): moved over.
+                await self._forward(msg, delivery, to_controlled=not on_controlled)
+                return
             ending = waiting_reason(state)
             if ending is None:
                 break
@@ -380,8 +423,11 @@ class BusWorker:
             await asyncio.sleep(NOT_READY_RECHECK_S)
         assert state is not None
         attempts = max(1, msg.metadata.num_delivered)  # a repeat after a crash counts as an attempt
-        result = await self._attempt(delivery, state)
+        result = await self._attempt(delivery, state, limited=on_controlled)
         if result is None:
+            if on_controlled:
+                with contextlib.suppress(Exception):
+                    await msg.nak()  # the next Lease holder takes it up at once
             return  # stopping before sending: redelivered after the ack wait
         policy = state.spec.retry
         live = self._live(state)
@@ -410,6 +456,18 @@ class BusWorker:
             self.metrics.delivery_final(delivery.namespace, state.name, delivery.event, outcome == "Succeeded")
         # The record first, then the ack: a crash in between repeats the attempt, never loses it.
         await self._record(msg, delivery, result, outcome=outcome, attempts=attempts)
+        await msg.ack_sync()  # confirmed: an Ordered webhook's next turn reads the consumer's state
+
+    async def _forward(self, msg: Msg, delivery: Delivery, *, to_controlled: bool) -> None:
+        """Publish the message, as it is, on the other path; then ack it here. The Nats-Msg-Id names this
+        stored message, so a forward repeated after a crash is dropped, while a later move back is not."""
+        assert self.js is not None
+        meta = msg.metadata
+        msg_id = f"{delivery.id}/{delivery.redelivery or ''}@{meta.stream}:{meta.sequence.stream}"
+        ack = await self.js.publish_async(
+            self._subject_for(delivery, to_controlled), msg.data, headers={MSG_ID_HEADER: msg_id}
+        )
+        await self._stored([ack])
         await msg.ack()
 
     async def _record(
@@ -457,7 +515,7 @@ class BusWorker:
         current = self.index.get(state.namespace, state.name)
         return current is not None and current.uid == state.uid
 
-    async def _attempt(self, delivery: Delivery, state: WebhookState) -> AttemptResult | None:
+    async def _attempt(self, delivery: Delivery, state: WebhookState, *, limited: bool = False) -> AttemptResult | None:
         body = build_body(
             hook_id=state.hook_id,
             event=delivery.event,
@@ -466,20 +524,230 @@ class BusWorker:
             data=delivery.data,
         )
         assert state.limiter is not None
-        async with state.limiter, self._global:
-            if self._stopping.is_set():
-                return None
-            self.metrics.in_flight.labels(state.namespace, state.name).inc()
-            try:
-                result = await send(self.client, state, body, delivery.id, timeout_s=state.spec.retry.timeout_seconds)
-            finally:
-                if self._live(state):
-                    self.metrics.in_flight.labels(state.namespace, state.name).dec()
+        # spec.rateLimit (controlled path): wait for a token holding no slot, keeping the webhook's turn,
+        # and take it once the slots are held, at the moment of sending; as in CR mode (ratelimit.py).
+        held = self._current_bucket(state) if limited else None
+        turn: asyncio.Lock | None = None
+        if held is not None:
+            await self._wait_for_token(state, held)
+            turn = held[1]
+        try:
+            async with state.limiter, self._global:
+                if held is not None and turn is not None:
+                    held[0].take(time.monotonic())
+                    turn.release()
+                    turn = None
+                if self._stopping.is_set():
+                    return None
+                self.metrics.in_flight.labels(state.namespace, state.name).inc()
+                try:
+                    result = await send(
+                        self.client, state, body, delivery.id, timeout_s=state.spec.retry.timeout_seconds
+                    )
+                finally:
+                    if self._live(state):
+                        self.metrics.in_flight.labels(state.namespace, state.name).dec()
+        finally:
+            if turn is not None:
+                turn.release()
         if self._live(state):
             self.metrics.attempt(
                 state.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
             )
         return result
+
+    # -- spec.rateLimit on the controlled path (the Lease holder) ----------------------------
+    def _bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+        key = (state.namespace, state.name, state.uid)
+        limit = state.spec.rate_limit
+        if limit is None:
+            self._buckets.pop(key, None)
+            return None
+        held = self._buckets.get(key)
+        if held is None:
+            held = self._buckets[key] = (TokenBucket(limit, time.monotonic()), asyncio.Lock())
+        else:
+            held[0].reconfigure(limit, time.monotonic())
+        return held
+
+    def _current_bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+        current = self.index.get(state.namespace, state.name)
+        return self._bucket(current if current is not None and current.uid == state.uid else state)
+
+    async def _wait_for_token(self, state: WebhookState, held: tuple[TokenBucket, asyncio.Lock]) -> None:
+        """Take the webhook's turn (oldest waiter first) and wait, holding no slot, for a token; the caller
+        takes it and passes the turn on. A changed or removed limit applies to waiters within a second."""
+        started = time.monotonic()
+        bucket, turn = held
+        await turn.acquire()
+        try:
+            while not self._stopping.is_set():
+                now_held = self._current_bucket(state)
+                if now_held is None or now_held[0] is not bucket:
+                    break  # the limit was removed
+                delay = bucket.delay(time.monotonic())
+                if delay <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), min(delay, RATE_RECHECK_S))
+        except BaseException:
+            turn.release()
+            raise
+        waited = time.monotonic() - started
+        if waited >= MIN_RATE_WAIT_S and self._live(state):
+            self.metrics.rate_limited(state.namespace, state.name, waited)
+
+    # -- the controlled path: spec.rateLimit and spec.ordering (the Lease holder only) -------------
+    async def control(self) -> None:
+        """One puller per webhook with a rateLimit or Ordered, on its own durable consumer; the same puller
+        drains (moves to the shared path, or records as not delivered) the deliveries of a consumer or a
+        stored subject whose webhook no longer asks for it, then removes the consumer. See control.py."""
+        await self.ready.wait()
+        pullers: dict[tuple[str, str], asyncio.Task[None]] = {}
+        try:
+            while not self._stopping.is_set():
+                try:
+                    wanted = await self._controlled_keys()
+                except Exception as exc:
+                    log.warning("bus: listing controlled deliveries failed (%s)", exc)
+                    wanted = set()
+                for key in wanted:
+                    task = pullers.get(key)
+                    if task is None or task.done():
+                        pullers[key] = asyncio.create_task(self._serve(key), name=f"bus-controlled-{key[0]}-{key[1]}")
+                await asyncio.sleep(CONTROL_INTERVAL_S)
+        finally:
+            for task in pullers.values():
+                task.cancel()
+            await asyncio.gather(*pullers.values(), return_exceptions=True)
+
+    def _ours(self, namespace: str) -> bool:
+        return not self.settings.namespaces or namespace in self.settings.namespaces
+
+    async def _controlled_keys(self) -> set[tuple[str, str]]:
+        """Webhooks to serve: those whose spec asks for it, and any with a consumer or stored deliveries."""
+        assert self.js is not None
+        keys = {state.key for state in self.index if controlled(state) and self._ours(state.namespace)}
+        info = await self.js.stream_info(CONTROLLED_STREAM, subjects_filter=CONTROLLED_PREFIX + ">")
+        for subject, count in (info.state.subjects or {}).items():
+            key = subject_key(CONTROLLED_PREFIX, subject)
+            if key is not None and count and self._ours(key[0]):
+                keys.add(key)
+        for consumer in await self.js.consumers_info(CONTROLLED_STREAM):
+            key = consumer_key(consumer.name)
+            if key is not None and self._ours(key[0]):
+                keys.add(key)
+        return keys
+
+    async def _view(self, durable: str) -> ConsumerView:
+        assert self.js is not None
+        info = await self.js.consumer_info(CONTROLLED_STREAM, durable)
+        return ConsumerView(ack_pending=info.num_ack_pending or 0, unpulled=info.num_pending or 0)
+
+    async def _fanned_out(self) -> int:
+        assert self.js is not None
+        info = await self.js.consumer_info(EVENTS_STREAM, FANOUT_CONSUMER)
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        return fanned_out_through(floor or 0, info.num_ack_pending or 0, info.num_pending or 0)
+
+    async def _serve(self, key: tuple[str, str]) -> None:
+        namespace, name = key
+        durable = controlled_consumer(namespace, name)
+        assert self.js is not None
+        await self.js.add_consumer(
+            CONTROLLED_STREAM,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subject=controlled_subject(namespace, name),
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self.bus.ack_wait_s,
+                max_deliver=-1,
+                max_ack_pending=ORDER_WINDOW,
+                max_waiting=16,
+            ),
+        )
+        sub = await self._pull(durable, CONTROLLED_STREAM)
+        held: list[tuple[int, int, Msg]] = []  # an Ordered webhook's pulled deliveries: (event seq, stream seq, msg)
+        out: dict[int, tuple[Msg, asyncio.Task[Any]]] = {}  # being delivered, by id(msg)
+        loop = asyncio.get_running_loop()
+
+        def start(msg: Msg) -> asyncio.Task[Any]:
+            task = asyncio.ensure_future(self._deliver(msg, on_controlled=True))
+            self._tasks.add(task)
+            msg_key = id(msg)
+            out[msg_key] = (msg, task)
+
+            def done(finished: asyncio.Task[Any]) -> None:
+                self._tasks.discard(finished)
+                out.pop(msg_key, None)
+
+            task.add_done_callback(done)
+            return task
+
+        async def release_held() -> None:
+            while held:
+                _, _, msg = held.pop(0)
+                await self._held.acquire()
+                start(msg)
+
+        try:
+            while not self._stopping.is_set():
+                state = self.index.get(namespace, name)
+                if not controlled(state) or (state is not None and not state.spec.ordered):
+                    await release_held()
+                    if not controlled(state) and not out:
+                        view = await self._view(durable)
+                        if view.ack_pending == 0 and view.unpulled == 0:
+                            # Drained: every delivery moved to the shared path or recorded.
+                            with contextlib.suppress(nats.js.errors.NotFoundError):
+                                await self.js.delete_consumer(CONTROLLED_STREAM, durable)
+                            return
+                    await self._held.acquire()
+                    self._held.release()
+                    free = max(1, min(self.settings.max_concurrency * 2, _free(self._held)))
+                    for msg in await self._fetch(sub, free, 1.0):
+                        await self._held.acquire()
+                        start(msg)
+                    continue
+                assert state is not None
+                view = await self._view(durable)
+                room = ORDER_WINDOW - len(held)
+                if room > 0 and (not held or view.unpulled > 0 or view.ack_pending > len(held) + len(out)):
+                    msgs = await self._fetch(sub, min(room, 256), 1.0 if not held else 0.2)
+                    for msg in msgs:
+                        delivery_seq = _delivery_seq(msg)
+                        held.append((delivery_seq, msg.metadata.sequence.stream, msg))
+                        self._held_since[id(msg)] = (msg, loop.time())
+                    if msgs or not held:
+                        continue
+                    view = await self._view(durable)
+                self.metrics.ordered_blocked.labels(namespace, name).set(max(0, view.ack_pending + view.unpulled - 1))
+                if out:
+                    await asyncio.sleep(ORDER_POLL_S)  # a delivery started before Ordered applied
+                    continue
+                turn = ordered_turn([seq for seq, _, _ in held], view, await self._fanned_out())
+                if turn is None:
+                    await asyncio.sleep(ORDER_POLL_S)
+                    continue
+                at = min(range(len(held)), key=lambda i: (held[i][0], held[i][1]))
+                _, _, msg = held.pop(at)
+                await self._held.acquire()
+                # Shielded: a shutdown lets it finish (drain), a lost Lease cancels it below.
+                await asyncio.shield(start(msg))
+        finally:
+            # Lease lost or shutting down: pulled messages go back at once, for the next Lease holder.
+            for _, _, msg in held:
+                self._held_since.pop(id(msg), None)
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            if not self._stopping.is_set():
+                for msg, task in list(out.values()):
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
 
     # -- health (the Lease holder only) -----------------------------------------------------
     async def fold_health(self, webhooks: WebhookController) -> None:
@@ -569,6 +837,13 @@ def fold_record(
     )
     state.health_dirty = True
     return True
+
+
+def _delivery_seq(msg: Msg) -> int:
+    """The event sequence a delivery message carries (0 if none, or not a delivery: attempted first)."""
+    with contextlib.suppress(BadMessage):
+        return Delivery.decode(msg.data).seq
+    return 0
 
 
 def _free(semaphore: asyncio.Semaphore) -> int:

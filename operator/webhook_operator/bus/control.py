@@ -1,0 +1,59 @@
+"""Bus mode's ``spec.rateLimit`` and ``spec.ordering: Ordered`` (pure): which webhooks take the controlled
+path, and which held delivery of an Ordered webhook may be attempted now.
+
+Deliveries of a controlled webhook are published under ``webhook-operator.controlled.<ns>.<webhook>``
+and pulled by the Lease holder alone through the webhook's own durable consumer, so one token bucket
+and one order see every attempt to that webhook whichever replica fanned the event out.
+
+Order. Replicas fan out events side by side, so the controlled stream holds an Ordered webhook's
+deliveries almost, not exactly, in event order. Each delivery carries its event's sequence in the
+events stream; the Lease holder pulls what the consumer has (up to a window), and attempts the lowest
+sequence it holds only when nothing earlier can still come: every earlier event is fanned out (the
+fan-out consumer's ack floor reached it), nothing of the consumer is out elsewhere (a head waiting for
+its retry, or messages a dead leader held until the ack wait returns them) and nothing is left to pull.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from webhook_operator.index import WebhookState
+
+ORDER_WINDOW = 1000  # deliveries of one Ordered webhook held in memory to sort (max_ack_pending)
+EVERYTHING = 2**63  # the fan-out consumer is idle: every stored event is fanned out
+
+
+def controlled(state: WebhookState | None) -> bool:
+    """Whether the webhook's deliveries take the controlled path (the Lease holder's own consumer)."""
+    return state is not None and (state.spec.ordered or state.spec.rate_limit is not None)
+
+
+@dataclass(frozen=True)
+class ConsumerView:
+    """What JetStream says of a webhook's controlled consumer."""
+
+    ack_pending: int  # delivered and not acked: held here, held by a dead leader, or a retry's nak delay
+    unpulled: int  # stored and not delivered yet
+
+
+def fanned_out_through(ack_floor_seq: int, ack_pending: int, unpulled: int) -> int:
+    """The events stream sequence up to which every event is fanned out (its deliveries are stored)."""
+    if ack_pending == 0 and unpulled == 0:
+        return EVERYTHING
+    return ack_floor_seq
+
+
+def ordered_turn(held: Iterable[int], view: ConsumerView, fanned_out: int, window: int = ORDER_WINDOW) -> int | None:
+    """The event sequence of the held delivery that may be attempted now, if any (None: wait)."""
+    seqs = list(held)
+    if not seqs:
+        return None
+    if view.ack_pending > len(seqs):
+        return None  # a retrying head (nak with a delay) or a dead leader's messages are still out
+    if view.unpulled > 0 and len(seqs) < window:
+        return None  # pull the rest first: an earlier event may be among them
+    head = min(seqs)
+    if head - 1 > fanned_out:
+        return None  # an earlier event is not fanned out yet
+    return head
