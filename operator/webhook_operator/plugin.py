@@ -337,9 +337,47 @@ def _list_events(api: Any, namespace: str) -> list[dict[str, Any]]:
             return items
 
 
+def replay_on_bus(bus: BusSettings, args: argparse.Namespace) -> int:
+    """Bus mode: the webhook's final deliveries of the window (from the request log) are published again,
+    with the same webhook-ids, and followed in the log."""
+    from webhook_operator.bus import requestlog
+
+    started = dt.datetime.now(dt.UTC)
+    since = started - dt.timedelta(seconds=parse_duration(args.since))
+    records = _on_bus("reading the request log", requestlog.read_log(bus, args.namespace, args.name, since))
+    deliveries, in_flight = requestlog.to_replay(records, since, args.failed_only)
+    kind = "failed deliveries" if args.failed_only else "deliveries"
+    skipped = f" ({in_flight} still in flight, not replayed)" if in_flight else ""
+    print(f"found {len(deliveries)} {kind} to webhook {args.namespace}/{args.name} in the last {args.since}{skipped}")
+    value = _stamp()
+    if deliveries:
+        _on_bus("publishing the replay", requestlog.republish(bus, deliveries, value))
+    print(f"requested {len(deliveries)} ({value})")
+    if not args.wait or not deliveries:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    ids = [d.id for d in deliveries]
+    last = None
+    while True:
+        records = _on_bus("reading the request log", requestlog.read_log(bus, args.namespace, args.name, started))
+        counts = requestlog.progress(records, ids, value)
+        line = f"delivered {counts['delivered']}, failed {counts['failed']}, pending {counts['pending']}"
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if counts["pending"] == 0:
+            return 0 if counts["failed"] == 0 else 1
+        if time.monotonic() > deadline:
+            raise PluginError(f"timed out after {args.timeout:g}s with {counts['pending']} pending")
+        time.sleep(1.0)
+
+
 def cmd_replay(api: Any, args: argparse.Namespace) -> int:
+    bus = bus_settings(args)
     try:
         api.get_namespaced_custom_object(GROUP, VERSION, args.namespace, "webhooks", args.name)
+        if bus is not None:
+            return replay_on_bus(bus, args)
         events = _list_events(api, args.namespace)
     except ApiException as exc:
         raise _explain(exc, "Webhook", args.name, args.namespace) from exc
@@ -437,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="deliver again to a webhook the operator auto-disabled")
     resume.add_argument("name")
     resume.add_argument("--wait", action="store_true", help="wait until the operator has resumed it")
-    for p in (logs, redeliver):
+    for p in (logs, redeliver, replay):
         bus = p.add_argument_group("bus mode (the request log is read from NATS directly)")
         bus.add_argument(
             "--event-bus",

@@ -66,6 +66,48 @@ def to_redeliver(records: Iterable[Record], event_id: str) -> list[Delivery]:
     ]
 
 
+def to_replay(records: Iterable[Record], since: dt.datetime, failed_only: bool) -> tuple[list[Delivery], int]:
+    """A webhook's deliveries of events stored since ``since`` whose latest record is final (Failed only
+    with ``failed_only``), in event order; and how many of the window are still in flight (Retrying)."""
+    latest: dict[str, Record] = {}
+    for record in records:
+        latest[str(record.get("id"))] = record  # records come in stream order: the last one counts
+    chosen: list[Delivery] = []
+    in_flight = 0
+    for record in latest.values():
+        outcome = record.get("outcome")
+        if outcome not in FINAL:
+            when = parse_time(record.get("time"))
+            in_flight += 1 if when is not None and when >= since else 0
+            continue
+        if failed_only and outcome != "Failed":
+            continue
+        if not isinstance(record.get("delivery"), dict):
+            continue  # recorded before final records carried their event
+        delivery = Delivery.decode(json.dumps(record["delivery"]).encode())
+        created = parse_time(delivery.created_at)
+        if created is None or created < since:
+            continue
+        chosen.append(delivery)
+    chosen.sort(key=lambda d: (d.seq, d.created_at, d.id))
+    return chosen, in_flight
+
+
+def progress(records: Iterable[Record], ids: Sequence[str], requested_at: str) -> dict[str, int]:
+    """How a redelivery or replay ``requested_at`` of ``ids`` stands: delivered, failed, pending."""
+    outcomes = {
+        str(r.get("id")): str(r.get("outcome"))
+        for r in records
+        if r.get("redelivery") == requested_at and r.get("outcome") in FINAL
+    }
+    got = [outcomes.get(i) for i in ids]
+    return {
+        "delivered": sum(1 for o in got if o == "Succeeded"),
+        "failed": sum(1 for o in got if o == "Failed"),
+        "pending": sum(1 for o in got if o is None),
+    }
+
+
 def finished(records: Iterable[Record], ids: Sequence[str], requested_at: str) -> dict[str, str] | None:
     """Final outcomes of a redelivery by delivery id, once every one has one."""
     outcomes = {
