@@ -382,7 +382,8 @@ class BusWorker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, msg: Msg, *, on_controlled: bool) -> None:
+    async def _deliver(self, msg: Msg, *, on_controlled: bool, places: asyncio.Semaphore | None = None) -> None:
+        """Deliver one message, then free its place (``places``, else this replica's shared ones)."""
         self._held_since[id(msg)] = (msg, asyncio.get_running_loop().time())
         try:
             await self._deliver_one(msg, on_controlled=on_controlled)
@@ -393,7 +394,7 @@ class BusWorker:
             log.exception("bus: delivery on %s failed unexpectedly", msg.subject[:200])
         finally:
             self._held_since.pop(id(msg), None)
-            self._held.release()
+            (places or self._held).release()
 
     async def _deliver_one(self, msg: Msg, *, on_controlled: bool) -> None:
         """Attempt one delivery message (shared path, or the Lease holder's controlled path)."""
@@ -671,9 +672,13 @@ class BusWorker:
         held: list[tuple[int, int, Msg]] = []  # an Ordered webhook's pulled deliveries: (event seq, stream seq, msg)
         out: dict[int, tuple[Msg, asyncio.Task[Any]]] = {}  # being delivered, by id(msg)
         loop = asyncio.get_running_loop()
+        # Messages of this webhook held at once, waiting for tokens included: its own places, so that a
+        # throttled backlog never takes the shared ones other webhooks' deliveries need.
+        limit = max(16, 2 * self.settings.per_webhook_concurrency)
+        places = asyncio.Semaphore(limit)
 
         def start(msg: Msg) -> asyncio.Task[Any]:
-            task = asyncio.ensure_future(self._deliver(msg, on_controlled=True))
+            task = asyncio.ensure_future(self._deliver(msg, on_controlled=True, places=places))
             self._tasks.add(task)
             msg_key = id(msg)
             out[msg_key] = (msg, task)
@@ -687,8 +692,8 @@ class BusWorker:
 
         async def release_held() -> None:
             while held:
+                await places.acquire()
                 _, _, msg = held.pop(0)
-                await self._held.acquire()
                 start(msg)
 
         try:
@@ -703,11 +708,10 @@ class BusWorker:
                             with contextlib.suppress(nats.js.errors.NotFoundError):
                                 await self.js.delete_consumer(CONTROLLED_STREAM, durable)
                             return
-                    await self._held.acquire()
-                    self._held.release()
-                    free = max(1, min(self.settings.max_concurrency * 2, _free(self._held)))
-                    for msg in await self._fetch(sub, free, 1.0):
-                        await self._held.acquire()
+                    await places.acquire()  # at least one free place before asking for more
+                    places.release()
+                    for msg in await self._fetch(sub, max(1, _free(places)), 1.0):
+                        await places.acquire()
                         start(msg)
                     continue
                 assert state is not None
@@ -732,7 +736,7 @@ class BusWorker:
                     continue
                 at = min(range(len(held)), key=lambda i: (held[i][0], held[i][1]))
                 _, _, msg = held.pop(at)
-                await self._held.acquire()
+                await places.acquire()
                 # Shielded: a shutdown lets it finish (drain), a lost Lease cancels it below.
                 await asyncio.shield(start(msg))
         finally:

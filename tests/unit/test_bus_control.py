@@ -1,0 +1,122 @@
+"""Bus mode's controlled path (pure): which webhooks take it, and an Ordered webhook's next turn."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from webhook_operator.bus.control import EVERYTHING, ConsumerView, controlled, fanned_out_through, ordered_turn
+from webhook_operator.bus.messages import (
+    CONTROLLED_PREFIX,
+    Delivery,
+    consumer_key,
+    controlled_consumer,
+    controlled_subject,
+    log_record,
+    subject_key,
+)
+from webhook_operator.bus.requestlog import progress, to_replay
+from webhook_operator.delivery.ratelimit import RateLimit
+from webhook_operator.index import WebhookState
+from webhook_operator.model import WebhookSpec
+
+
+def state(**spec: object) -> WebhookState:
+    return WebhookState("shop", "hook", "uid-1", 1, WebhookSpec(url="https://x", events=("*",), **spec), {})  # type: ignore[arg-type]
+
+
+def test_only_rate_limited_or_ordered_webhooks_take_the_controlled_path() -> None:
+    assert not controlled(None)
+    assert not controlled(state())
+    assert controlled(state(ordered=True))
+    assert controlled(state(rate_limit=RateLimit(5.0, 3)))
+
+
+def test_subjects_and_consumer_names_round_trip_names_with_dots() -> None:
+    subject = controlled_subject("shop", "billing.v2")
+    assert subject == "webhook-operator.controlled.shop.billing~v2"
+    assert subject_key(CONTROLLED_PREFIX, subject) == ("shop", "billing.v2")
+    durable = controlled_consumer("my-shop", "billing.v2")
+    assert "." not in durable and consumer_key(durable) == ("my-shop", "billing.v2")
+    assert consumer_key("deliver") is None and consumer_key("controlled_x") is None
+
+
+def test_an_idle_fan_out_has_fanned_out_everything_else_its_ack_floor_counts() -> None:
+    assert fanned_out_through(7, 0, 0) == EVERYTHING
+    assert fanned_out_through(7, 2, 0) == 7
+    assert fanned_out_through(7, 0, 5) == 7
+
+
+def test_the_lowest_event_sequence_goes_first_once_nothing_earlier_can_come() -> None:
+    quiet = ConsumerView(ack_pending=3, unpulled=0)
+    # Stored out of event order (two replicas fanned out side by side): the lowest sequence goes.
+    assert ordered_turn([12, 10, 11], quiet, fanned_out=EVERYTHING) == 10
+    # Event 9 is not fanned out yet: its delivery may still come, so 10 waits.
+    assert ordered_turn([12, 10, 11], quiet, fanned_out=8) is None
+    assert ordered_turn([12, 10, 11], quiet, fanned_out=9) == 10
+    # A retrying head (nak with a delay) or a dead leader's messages are out: wait for them.
+    assert ordered_turn([12, 10, 11], ConsumerView(ack_pending=4, unpulled=0), EVERYTHING) is None
+    # Something is left to pull: pull it first, unless the window is full.
+    assert ordered_turn([12, 10, 11], ConsumerView(ack_pending=3, unpulled=1), EVERYTHING) is None
+    assert ordered_turn([12, 10, 11], ConsumerView(ack_pending=3, unpulled=1), EVERYTHING, window=3) == 10
+    assert ordered_turn([], ConsumerView(0, 0), EVERYTHING) is None
+
+
+DELIVERY = Delivery(
+    namespace="shop",
+    webhook="hook",
+    webhook_uid="uid-1",
+    id="msg_a",
+    event="User.Created",
+    event_id="a",
+    created_at="2026-01-02T03:00:10.000Z",
+    data={},
+    seq=5,
+)
+
+
+def record(delivery: Delivery, outcome: str, time: str, redelivery: str | None = None) -> dict[str, object]:
+    if redelivery:
+        delivery = Delivery(**{**delivery.__dict__, "redelivery": redelivery})
+    payload = log_record(
+        delivery,
+        outcome=outcome,
+        attempts=1,
+        time=time,
+        status_code=200 if outcome == "Succeeded" else 500,
+        duration_ms=1,
+        error="",
+        response_body="",
+    )
+    return dict(json.loads(payload))
+
+
+def test_replay_picks_final_deliveries_of_the_window_in_event_order_and_counts_those_in_flight() -> None:
+    since = dt.datetime(2026, 1, 2, 3, 0, 0, tzinfo=dt.UTC)
+    old = Delivery(**{**DELIVERY.__dict__, "id": "msg_old", "created_at": "2026-01-02T02:59:59.000Z", "seq": 1})
+    failed = Delivery(**{**DELIVERY.__dict__, "id": "msg_b", "event_id": "b", "seq": 4})
+    busy = Delivery(**{**DELIVERY.__dict__, "id": "msg_c", "event_id": "c", "seq": 6})
+    records = [
+        record(old, "Succeeded", "2026-01-02T03:00:01.000Z"),
+        record(DELIVERY, "Succeeded", "2026-01-02T03:00:11.000Z"),
+        record(failed, "Retrying", "2026-01-02T03:00:11.000Z"),
+        record(failed, "Failed", "2026-01-02T03:00:12.000Z"),
+        record(busy, "Retrying", "2026-01-02T03:00:13.000Z"),
+    ]
+    chosen, in_flight = to_replay(records, since, failed_only=False)
+    assert [d.id for d in chosen] == ["msg_b", "msg_a"] and in_flight == 1
+    assert chosen[1] == DELIVERY  # replayed as recorded: same webhook-id, event and body
+    chosen, _ = to_replay(records, since, failed_only=True)
+    assert [d.id for d in chosen] == ["msg_b"]
+    # A later replay that succeeded is the latest word on that delivery.
+    chosen, _ = to_replay([*records, record(failed, "Succeeded", "2026-01-02T03:01:00.000Z", "r1")], since, True)
+    assert chosen == []
+
+
+def test_replay_progress_counts_only_the_records_of_that_request() -> None:
+    records = [
+        record(DELIVERY, "Succeeded", "2026-01-02T03:00:11.000Z"),
+        record(DELIVERY, "Failed", "2026-01-02T03:01:00.000Z", "r1"),
+    ]
+    assert progress(records, ["msg_a", "msg_b"], "r1") == {"delivered": 0, "failed": 1, "pending": 1}
+    assert progress(records, ["msg_a"], "r2") == {"delivered": 0, "failed": 0, "pending": 1}
