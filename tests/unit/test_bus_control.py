@@ -9,7 +9,6 @@ from webhook_operator.bus.control import EVERYTHING, ConsumerView, controlled, f
 from webhook_operator.bus.messages import (
     CONTROLLED_PREFIX,
     Delivery,
-    consumer_key,
     controlled_consumer,
     controlled_subject,
     log_record,
@@ -36,9 +35,10 @@ def test_subjects_and_consumer_names_round_trip_names_with_dots() -> None:
     subject = controlled_subject("shop", "billing.v2")
     assert subject == "webhook-operator.controlled.shop.billing~v2"
     assert subject_key(CONTROLLED_PREFIX, subject) == ("shop", "billing.v2")
-    durable = controlled_consumer("my-shop", "billing.v2")
-    assert "." not in durable and consumer_key(durable) == ("my-shop", "billing.v2")
-    assert consumer_key("deliver") is None and consumer_key("controlled_x") is None
+    assert controlled_consumer("my-shop", "billing.v2") == "controlled_my-shop_billing~v2"
+    long = controlled_consumer("n" * 63, "w" * 253)
+    assert long.startswith("controlled_") and len(long) == 51  # a file name on the NATS server
+    assert controlled_consumer("n" * 63, "w" * 252) != long
 
 
 def test_an_idle_fan_out_has_fanned_out_everything_else_its_ack_floor_counts() -> None:

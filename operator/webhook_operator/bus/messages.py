@@ -12,6 +12,7 @@ Subjects (``<webhook>`` has its dots written as ``~``, which no Kubernetes name 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ EVENTS_STREAM = "WEBHOOK_OPERATOR_EVENTS"
 DELIVERIES_STREAM = "WEBHOOK_OPERATOR_DELIVERIES"
 LOG_STREAM = "WEBHOOK_OPERATOR_LOG"
 CONTROLLED_STREAM = "WEBHOOK_OPERATOR_CONTROLLED"
-CONTROLLED_CONSUMER_PREFIX = "controlled_"
+CONSUMER_PREFIX = "controlled_"
 FANOUT_CONSUMER = "fanout"
 DELIVER_CONSUMER = "deliver"
 HEALTH_CONSUMER = "health"
@@ -53,8 +54,12 @@ def controlled_subject(namespace: str, webhook: str) -> str:
 
 
 def controlled_consumer(namespace: str, webhook: str) -> str:
-    """The durable consumer of one webhook's controlled deliveries (``_`` is in no Kubernetes name)."""
-    return f"{CONTROLLED_CONSUMER_PREFIX}{namespace}_{webhook.replace('.', '~')}"
+    """The durable consumer of one webhook's controlled deliveries: readable (``_`` is in no Kubernetes
+    name), hashed when too long for a file name; its filter subject says whose it is."""
+    name = f"{CONSUMER_PREFIX}{namespace}_{webhook.replace('.', '~')}"
+    if len(name) <= 200:
+        return name
+    return CONSUMER_PREFIX + hashlib.sha256(f"{namespace}/{webhook}".encode()).hexdigest()[:40]
 
 
 def subject_key(prefix: str, subject: str) -> tuple[str, str] | None:
@@ -68,16 +73,6 @@ def subject_key(prefix: str, subject: str) -> tuple[str, str] | None:
 def log_subject_key(subject: str) -> tuple[str, str] | None:
     """(namespace, webhook) of a request-log subject."""
     return subject_key(LOG_PREFIX, subject)
-
-
-def consumer_key(durable: str) -> tuple[str, str] | None:
-    """(namespace, webhook) of a controlled consumer's name."""
-    if not durable.startswith(CONTROLLED_CONSUMER_PREFIX):
-        return None
-    parts = durable[len(CONTROLLED_CONSUMER_PREFIX) :].split("_")
-    if len(parts) != 2 or not all(parts):
-        return None
-    return parts[0], parts[1].replace("~", ".")
 
 
 def namespace_of_subject(subject: str) -> str | None:

@@ -42,6 +42,7 @@ from webhook_operator.bus.control import (
     ordered_turn,
 )
 from webhook_operator.bus.messages import (
+    CONSUMER_PREFIX,
     CONTROLLED_PREFIX,
     CONTROLLED_STREAM,
     DELIVER_CONSUMER,
@@ -57,7 +58,6 @@ from webhook_operator.bus.messages import (
     MSG_ID_HEADER,
     BadMessage,
     Delivery,
-    consumer_key,
     controlled_consumer,
     controlled_subject,
     deliveries_subject,
@@ -433,7 +433,7 @@ class BusWorker:
         policy = state.spec.retry
         live = self._live(state)
         if result.succeeded:
-            await self._final(msg, delivery, state, result, "Succeeded", attempts, live)
+            await self._final(msg, delivery, state, result, "Succeeded", attempts, live, sync=on_controlled)
             return
         if should_retry(attempts, policy, status=result.status_code, failure=result.failure):
             delay = next_backoff(attempts, policy, retry_after=result.retry_after)
@@ -441,7 +441,7 @@ class BusWorker:
             await self._record(msg, delivery, result, outcome="Retrying", attempts=attempts, next_attempt_time=due)
             await msg.nak(delay=delay)
             return
-        await self._final(msg, delivery, state, result, "Failed", attempts, live)
+        await self._final(msg, delivery, state, result, "Failed", attempts, live, sync=on_controlled)
 
     async def _final(
         self,
@@ -452,12 +452,21 @@ class BusWorker:
         outcome: str,
         attempts: int,
         live: bool,
+        *,
+        sync: bool = False,
     ) -> None:
         if live:
             self.metrics.delivery_final(delivery.namespace, state.name, delivery.event, outcome == "Succeeded")
         # The record first, then the ack: a crash in between repeats the attempt, never loses it.
         await self._record(msg, delivery, result, outcome=outcome, attempts=attempts)
-        await msg.ack_sync()  # confirmed: an Ordered webhook's next turn reads the consumer's state
+        if sync:
+            # Confirmed on the controlled path: an Ordered webhook's next turn reads the consumer's state.
+            try:
+                await msg.ack_sync()
+                return
+            except Exception:
+                pass
+        await msg.ack()
 
     async def _forward(self, msg: Msg, delivery: Delivery, *, to_controlled: bool) -> None:
         """Publish the message, as it is, on the other path; then ack it here. The Nats-Msg-Id names this
@@ -614,6 +623,8 @@ class BusWorker:
                     wanted = set()
                 for key in wanted:
                     task = pullers.get(key)
+                    if task is not None and task.done() and not task.cancelled() and task.exception():
+                        log.warning("bus: serving %s/%s failed (%s); again", *key, task.exception())
                     if task is None or task.done():
                         pullers[key] = asyncio.create_task(self._serve(key), name=f"bus-controlled-{key[0]}-{key[1]}")
                 await asyncio.sleep(CONTROL_INTERVAL_S)
@@ -635,7 +646,8 @@ class BusWorker:
             if key is not None and count and self._ours(key[0]):
                 keys.add(key)
         for consumer in await self.js.consumers_info(CONTROLLED_STREAM):
-            key = consumer_key(consumer.name)
+            subject = (consumer.config.filter_subject if consumer.config else None) or ""
+            key = subject_key(CONTROLLED_PREFIX, subject) if consumer.name.startswith(CONSUMER_PREFIX) else None
             if key is not None and self._ours(key[0]):
                 keys.add(key)
         return keys
