@@ -68,7 +68,7 @@ def test_rate_limit_holds_at_the_receiver_across_two_replicas(
 def test_ordered_across_two_replicas_one_at_a_time_and_a_retrying_head_blocks_the_rest(
     kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
 ) -> None:
-    two_replicas(start_operator, namespace, nats_server)
+    leader, _ = two_replicas(start_operator, namespace, nats_server)
     # The first request (event 0) fails twice; every answer takes 0.2 s, so overlapping requests would show.
     receiver.script("/ordered", Reply(503, delay_s=0.2), Reply(503, delay_s=0.2), Reply(200, delay_s=0.2))
     retry = {"maxRetries": 5, "backoffSeconds": 0.5, "maxBackoffSeconds": 1, "timeoutSeconds": 5}
@@ -83,6 +83,12 @@ def test_ordered_across_two_replicas_one_at_a_time_and_a_retrying_head_blocks_th
         assert after.at >= before.at + 0.2, "a request started before the previous one was answered"
     time.sleep(1.0)
     assert len(receiver.received("/ordered")) == count + 2
+    text = leader.metrics()
+    blocked = metric_value(
+        text, "webhook_operator_ordered_blocked_seconds_total", namespace=namespace, webhook="ordered"
+    )
+    assert blocked is not None and blocked > 1.0
+    assert metric_value(text, "webhook_operator_ordered_blocked", namespace=namespace, webhook="ordered") == 0
 
 
 def test_unordered_control_two_replicas_do_not_keep_the_order(

@@ -681,7 +681,8 @@ class BusWorker:
             ),
         )
         sub = await self._pull(durable, CONTROLLED_STREAM)
-        held: list[tuple[int, int, Msg]] = []  # an Ordered webhook's pulled deliveries: (event seq, stream seq, msg)
+        # An Ordered webhook's pulled deliveries: (event seq, stream seq, msg, pulled at).
+        held: list[tuple[int, int, Msg, float]] = []
         out: dict[int, tuple[Msg, asyncio.Task[Any]]] = {}  # being delivered, by id(msg)
         loop = asyncio.get_running_loop()
         # Messages of this webhook held at once, waiting for tokens included: its own places, so that a
@@ -705,13 +706,15 @@ class BusWorker:
         async def release_held() -> None:
             while held:
                 await places.acquire()
-                _, _, msg = held.pop(0)
+                msg = held.pop(0)[2]
                 start(msg)
 
         try:
             while not self._stopping.is_set():
                 state = self.index.get(namespace, name)
                 if not controlled(state) or (state is not None and not state.spec.ordered):
+                    if state is not None:
+                        self.metrics.ordered_blocked.labels(namespace, name).set(0)
                     await release_held()
                     if not controlled(state) and not out:
                         view = await self._view(durable)
@@ -728,32 +731,34 @@ class BusWorker:
                     continue
                 assert state is not None
                 view = await self._view(durable)
+                # Waiting behind the head (held, out or not pulled yet), as CR mode's gauge.
+                self.metrics.ordered_blocked.labels(namespace, name).set(max(0, view.ack_pending + view.unpulled - 1))
                 room = ORDER_WINDOW - len(held)
                 if room > 0 and (not held or view.unpulled > 0 or view.ack_pending > len(held) + len(out)):
                     msgs = await self._fetch(sub, min(room, 256), 1.0 if not held else 0.2)
                     for msg in msgs:
                         delivery_seq = _delivery_seq(msg)
-                        held.append((delivery_seq, msg.metadata.sequence.stream, msg))
+                        held.append((delivery_seq, msg.metadata.sequence.stream, msg, loop.time()))
                         self._held_since[id(msg)] = (msg, loop.time())
                     if msgs or not held:
                         continue
                     view = await self._view(durable)
-                self.metrics.ordered_blocked.labels(namespace, name).set(max(0, view.ack_pending + view.unpulled - 1))
                 if out:
                     await asyncio.sleep(ORDER_POLL_S)  # a delivery started before Ordered applied
                     continue
-                turn = ordered_turn([seq for seq, _, _ in held], view, await self._fanned_out())
+                turn = ordered_turn([entry[0] for entry in held], view, await self._fanned_out())
                 if turn is None:
                     await asyncio.sleep(ORDER_POLL_S)
                     continue
                 at = min(range(len(held)), key=lambda i: (held[i][0], held[i][1]))
-                _, _, msg = held.pop(at)
+                _, _, msg, pulled_at = held.pop(at)
+                self.metrics.ordered_wait(namespace, name, loop.time() - pulled_at)
                 await places.acquire()
                 # Shielded: a shutdown lets it finish (drain), a lost Lease cancels it below.
                 await asyncio.shield(start(msg))
         finally:
             # Lease lost or shutting down: pulled messages go back at once, for the next Lease holder.
-            for _, _, msg in held:
+            for _, _, msg, _ in held:
                 self._held_since.pop(id(msg), None)
                 with contextlib.suppress(Exception):
                     await msg.nak()
