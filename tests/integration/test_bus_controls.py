@@ -150,6 +150,37 @@ def test_switching_to_unordered_releases_the_waiting_deliveries_to_every_replica
     wait_until(lambda: stream_messages(nats_server.url, "WEBHOOK_OPERATOR_CONTROLLED") == 0 or None, timeout=10)
 
 
+def test_a_rate_limit_added_applies_to_deliveries_already_retrying_on_the_shared_path(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    two_replicas(start_operator, namespace, nats_server)
+    receiver.script("/late", Reply(503))
+    retry = {"maxRetries": 10, "backoffSeconds": 1, "maxBackoffSeconds": 1, "timeoutSeconds": 5}
+    add_webhook(kubectl, namespace, receiver, "late", ["User.Created"], retry=retry)
+    publish(nats_server.url, namespace, *events(4))
+    wait_until(lambda: {data_n(r) for r in receiver.received("/late")} == {0, 1, 2, 3} or None, timeout=20)
+
+    limited = {"requestsPerSecond": 0.5, "burst": 1}
+    apply(
+        kubectl,
+        namespace,
+        webhook_manifest("late", receiver.url("/late"), ["User.Created"], retry=retry, rateLimit=limited),
+    )
+    receiver.script("/late", Reply(200))
+    time.sleep(1.5)  # every replica has the new spec; retries already sent meanwhile may succeed
+    before = len(receiver.received("/late"))
+
+    # Moved to the controlled path as they come back for their retry: at most one request per 2 s.
+    wait_until(
+        lambda: len({r.headers["webhook-id"] for r in receiver.received("/late") if r.status == 200}) == 4 or None,
+        timeout=30,
+    )
+    later = receiver.received("/late")[before:]
+    assert len(later) >= 2, "some deliveries were still retrying at the change"
+    for earlier, after in itertools.pairwise(later):
+        assert after.at - earlier.at >= 1.8
+
+
 def test_replay_since_and_failed_only_through_the_plugin_with_the_same_webhook_ids(
     kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
 ) -> None:
