@@ -131,6 +131,27 @@ def test_the_order_survives_a_killed_lease_holder_and_a_restarted_replica(
     assert len(receiver.received("/restart")) == before + 8
 
 
+def test_a_clean_hand_over_returns_the_held_deliveries_at_once_and_keeps_the_order(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    leader, _ = two_replicas(start_operator, namespace, nats_server)  # the default ack wait, 30 s
+    receiver.script("/handover", Reply(503))
+    retry = {"maxRetries": 10, "backoffSeconds": 2, "maxBackoffSeconds": 2, "timeoutSeconds": 5}
+    add_webhook(kubectl, namespace, receiver, "handover", ["User.Created"], retry=retry, ordering="Ordered")
+    publish(nats_server.url, namespace, *events(6))
+    receiver.wait_for(2, "/handover", timeout=30)
+
+    stopping = time.monotonic()
+    leader.stop()  # SIGTERM: what it held is nak'd and the Lease released, so the standby goes on at once
+    assert "released the Lease" in leader.log(), "a clean shutdown, not killed after the stop timeout"
+    receiver.script("/handover", Reply(200, delay_s=0.1))
+    before = len(receiver.received("/handover"))
+
+    got = receiver.wait_for(before + 6, "/handover", timeout=25)[before:]
+    assert [data_n(r) for r in got] == list(range(6))
+    assert time.monotonic() - stopping < 20, "well within the 30 s ack wait: nothing waited for it"
+
+
 def test_switching_to_unordered_releases_the_waiting_deliveries_to_every_replica(
     kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
 ) -> None:

@@ -757,7 +757,12 @@ class BusWorker:
                 # Shielded: a shutdown lets it finish (drain), a lost Lease cancels it below.
                 await asyncio.shield(start(msg))
         finally:
-            # Lease lost or shutting down: pulled messages go back at once, for the next Lease holder.
+            # Lease lost or shutting down: pulled messages go back at once, for the next Lease holder, with
+            # any that arrived for a pull request after it returned.
+            with contextlib.suppress(Exception):
+                held += [(0, 0, msg, 0.0) for msg in await sub.fetch(ORDER_WINDOW, timeout=0.1)]
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
             for _, _, msg, _ in held:
                 self._held_since.pop(id(msg), None)
                 with contextlib.suppress(Exception):
@@ -821,8 +826,11 @@ class BusWorker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.nc is not None:
+            # Flushed (acks and naks are sent), not drained: nats-py's drain of a pull subscription waits
+            # for its queue to be marked done, which fetch never does, so it took the whole drain timeout
+            # (30 s) and the pod was killed before releasing the Lease.
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
