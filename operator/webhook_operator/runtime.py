@@ -178,8 +178,26 @@ async def _take_lead(runtime: Runtime) -> None:
 
 async def _lead(runtime: Runtime) -> None:
     await runtime.webhooks.reconcile_deferred()
+    await _read_written_health(runtime)
     if runtime.leading and not runtime.stopping:
         _start_leader_part(runtime)
+
+
+async def _read_written_health(runtime: Runtime) -> None:
+    """The last leader's final health writes (made just before it released the Lease) may not have reached
+    this replica's watch yet; counted on from an older status, they would be lost. Read them first."""
+    scopes: list[str | None] = [*runtime.settings.namespaces] or [None]
+    for namespace in scopes:
+        path = resource_path("webhooks", namespace)
+
+        async def read(path: str = path) -> None:
+            async for page in runtime.kube.list_pages(path):
+                runtime.webhooks.follow_written(page)
+
+        try:
+            await with_retries(read, what=f"listing {path}", attempts=5, give_up=lambda: not runtime.leading)
+        except Exception as exc:  # the watch's view stays; a health figure may miss the last interval
+            log.warning("reading written health failed: %s", exc)
 
 
 def _start_leader_part(runtime: Runtime) -> None:

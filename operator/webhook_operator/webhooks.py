@@ -327,6 +327,15 @@ class WebhookController:
         value = annotations.get(TEST_ANNOTATION)
         return value if value and value != (status.get("lastTest") or {}).get("requestedAt") else None
 
+    def follow_written(self, bodies: list[dict[str, Any]]) -> None:
+        """Health and auto-disable as written in these (freshly listed) Webhooks' status: on taking the lead,
+        before anything is counted on top of them."""
+        for body in bodies:
+            meta = body.get("metadata") or {}
+            state = self.index.get(meta.get("namespace", ""), meta.get("name", ""))
+            if state is not None and state.uid == meta.get("uid"):
+                self._follow_health(state, body.get("status") or {})
+
     def _follow_health(self, state: WebhookState, status: dict[str, Any]) -> None:
         written = status.get("health")
         suspended = state.suspended

@@ -758,11 +758,7 @@ class BusWorker:
                 await asyncio.shield(start(msg))
         finally:
             # Lease lost or shutting down: pulled messages go back at once, for the next Lease holder, with
-            # any that arrived for a pull request after it returned.
-            with contextlib.suppress(Exception):
-                held += [(0, 0, msg, 0.0) for msg in await sub.fetch(ORDER_WINDOW, timeout=0.1)]
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            # any that arrive for a pull request after it returned.
             for _, _, msg, _ in held:
                 self._held_since.pop(id(msg), None)
                 with contextlib.suppress(Exception):
@@ -774,6 +770,7 @@ class BusWorker:
                         await task
                     with contextlib.suppress(Exception):
                         await msg.nak()
+            await self._return_unread(sub, 1.0)
 
     # -- health (the Lease holder only) -----------------------------------------------------
     async def fold_health(self, webhooks: WebhookController) -> None:
@@ -782,24 +779,50 @@ class BusWorker:
         sub = await self._pull(HEALTH_CONSUMER, LOG_STREAM)
         interval = self.settings.health_flush_s
         loop = asyncio.get_running_loop()
-        while True:
-            # Records of one flush interval, however many batches they come in: one status write per
-            # webhook per interval, as in CR mode.
-            flush_at = loop.time() + interval
-            last: Msg | None = None
-            while (left := flush_at - loop.time()) > 0:
-                msgs = await self._fetch(sub, 1000, max(left, 0.05))
+        try:
+            while True:
+                # Records of one flush interval, however many batches they come in: one status write per
+                # webhook per interval, as in CR mode.
+                flush_at = loop.time() + interval
+                last: Msg | None = None
+                while (left := flush_at - loop.time()) > 0:
+                    msgs = await self._fetch(sub, 1000, max(left, 0.05))
+                    for msg in msgs:
+                        fold_record(self.index, msg.subject, msg.data, on_attempt=webhooks.attempt_done)
+                    last = msgs[-1] if msgs else last
+                    self._folded = last
+                if last is None:
+                    continue
+                try:
+                    await webhooks.flush_health()
+                except Exception:
+                    log.exception("bus: health flush failed")
+                await self.ack_folded()
+        finally:
+            # Records handed to this leader and not folded go back now: the next leader's first ack (of all
+            # up to its last record) would otherwise take them along, uncounted.
+            await self._return_unread(sub, interval)
+
+    async def _return_unread(self, sub: JetStreamContext.PullSubscription, wait_s: float) -> None:
+        """Nak what a pull request brings after it returned, or a cancelled one until it expires (``wait_s``,
+        its longest wait), then unsubscribe: those messages go to the next puller at once."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait_s
+        with contextlib.suppress(Exception):
+            while True:
+                left = until - loop.time()
+                try:
+                    msgs = await sub.fetch(1000, timeout=max(0.05, left))
+                except (nats.errors.TimeoutError, TimeoutError):
+                    msgs = []
                 for msg in msgs:
-                    fold_record(self.index, msg.subject, msg.data, on_attempt=webhooks.attempt_done)
-                last = msgs[-1] if msgs else last
-                self._folded = last
-            if last is None:
-                continue
-            try:
-                await webhooks.flush_health()
-            except Exception:
-                log.exception("bus: health flush failed")
-            await self.ack_folded()
+                    self._held_since.pop(id(msg), None)
+                    with contextlib.suppress(Exception):
+                        await msg.nak()
+                if left <= 0:
+                    break
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
 
     async def ack_folded(self) -> None:
         """Ack every record folded so far (AckPolicy.ALL); called once they are written to status, e.g.
