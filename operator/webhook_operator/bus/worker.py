@@ -30,6 +30,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 
 from webhook_operator.bus.config import BusSettings, connect_options
@@ -77,10 +78,17 @@ FANOUT_BATCH = 100
 RECONNECT_S = 2.0
 NOT_READY_RECHECK_S = 1.0
 PUBLISH_TIMEOUT_S = 5.0
+STREAM_EXISTS_OTHERWISE = 10058  # JetStream's "stream name already in use with a different configuration"
+# "no suitable peers for placement", "insufficient resources", "replicas > 1 not supported in non-clustered mode"
+PLACEMENT_ERRORS = frozenset({10005, 10023, 10074})
 
 
 class BusUnavailable(Exception):
     """Not connected to NATS (yet, or any more)."""
+
+
+class StreamRefused(Exception):
+    """JetStream would not create or update a stream as configured."""
 
 
 class BusWorker:
@@ -181,10 +189,7 @@ class BusWorker:
             ),
         ]
         for config in streams:
-            try:
-                info = await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                info = await self.js.update_stream(config)  # an older configuration: brought up to date
+            info = await self._declare_stream(config)
             if config.name == EVENTS_STREAM:
                 self._stream_created = info.created.isoformat() if info.created else ""
         namespaces = self.settings.namespaces
@@ -214,6 +219,28 @@ class BusWorker:
                 await self.js.add_consumer(stream, consumer)
             except nats.js.errors.BadRequestError as exc:  # e.g. a setting JetStream cannot change in place
                 log.warning("bus: consumer %s kept as it is (%s)", durable, exc.description)
+
+    async def _declare_stream(self, config: StreamConfig) -> StreamInfo:
+        """Create the stream, or bring an existing one with an older configuration (another replica
+        count, say) up to date; a refusal is raised with what to change."""
+        assert self.js is not None and config.name is not None
+        try:
+            return await self.js.add_stream(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != STREAM_EXISTS_OTHERWISE:
+                raise StreamRefused(declare_problem(config.name, self.bus.replicas, exc)) from exc
+        current = (await self.js.stream_info(config.name)).config
+        if current.num_replicas != config.num_replicas:
+            log.info(
+                "bus: stream %s: replicas %s -> %s (--event-bus-stream-replicas)",
+                config.name,
+                current.num_replicas,
+                config.num_replicas,
+            )
+        try:
+            return await self.js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            raise StreamRefused(declare_problem(config.name, self.bus.replicas, exc)) from exc
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -569,6 +596,17 @@ def fold_record(
     )
     state.health_dirty = True
     return True
+
+
+def declare_problem(stream: str, replicas: int, error: nats.js.errors.APIError) -> str:
+    """Why a stream was refused, and, when it cannot be placed, what the cluster needs (pure)."""
+    text = f"stream {stream} refused: {error.description or 'no reason given'} (JetStream error {error.err_code})"
+    if replicas > 1 and error.err_code in PLACEMENT_ERRORS:
+        text += (
+            f"; --event-bus-stream-replicas {replicas} needs a NATS cluster of at least {replicas} JetStream"
+            " servers (or lower the flag)"
+        )
+    return text
 
 
 def _free(semaphore: asyncio.Semaphore) -> int:
