@@ -52,6 +52,7 @@ from webhook_operator.bus.messages import (
     derived_event_id,
     events_subject,
     log_record,
+    log_record_id,
     log_subject,
     log_subject_key,
     parse_published,
@@ -464,7 +465,7 @@ class BusWorker:
             next_attempt_time=next_attempt_time,
             replica=self.replica,
         )
-        record_id = f"{delivery.id}/{delivery.redelivery or ''}/{msg.metadata.num_delivered}/{outcome}"
+        record_id = log_record_id(delivery, msg.metadata.num_delivered, outcome)
         tries = 0
         while True:
             try:
