@@ -130,9 +130,16 @@ class ClusterNode(NatsServer):
         )
         return [str(self.binary), "-c", str(self.config)]
 
-    def jsz(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/jsz", timeout=2) as resp:
+    def monitor(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/{path}", timeout=2) as resp:
             return dict(json.loads(resp.read()))
+
+    def jsz(self) -> dict[str, Any]:
+        return self.monitor("jsz")
+
+    def connections(self) -> int:
+        """Client connections to this node (the operators', publishers')."""
+        return int(self.monitor("connz").get("num_connections") or 0)
 
 
 class NatsCluster:
@@ -216,6 +223,34 @@ def stream_info(urls: Sequence[str], stream: str, timeout: float = 20.0) -> Any:
             time.sleep(0.3)
 
 
+async def _leaders(urls: Sequence[str], consumers: Sequence[tuple[str, str]]) -> list[str]:
+    nc = await nats.connect(list(urls))
+    try:
+        js = nc.jetstream()
+        out = []
+        for stream, consumer in consumers:
+            info = await js.consumer_info(stream, consumer)
+            out.append(str(info.cluster.leader if info.cluster else ""))
+        return out
+    finally:
+        await nc.close()
+
+
+def consumer_leaders(urls: Sequence[str], consumers: Sequence[tuple[str, str]], timeout: float = 20.0) -> list[str]:
+    """The names of the nodes leading these (stream, durable) consumers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            leaders = asyncio.run(_leaders(urls, consumers))
+            if all(leaders):
+                return leaders
+        except (nats.errors.Error, TimeoutError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no leader for one of {consumers}")
+        time.sleep(0.2)
+
+
 def stream_leader(urls: Sequence[str], stream: str, timeout: float = 20.0) -> str:
     """The name of the node leading ``stream`` (waiting for an election to end)."""
     deadline = time.monotonic() + timeout
@@ -234,15 +269,25 @@ class BackgroundPublisher:
     under the same id until the stream has it, so that the de-duplication window keeps it once."""
 
     def __init__(
-        self, urls: Sequence[str], namespace: str, event: str, end: int, *, first: int = 0, window: int = 256
+        self,
+        urls: Sequence[str],
+        namespace: str,
+        event: str,
+        end: int,
+        *,
+        first: int = 0,
+        window: int = 256,
+        rate: float | None = None,
     ) -> None:
-        """Events ``first`` to ``end - 1``, each ``{"n": i}`` with the id ``e-<i>``."""
+        """Events ``first`` to ``end - 1``, each ``{"n": i}`` with the id ``e-<i>``; ``rate`` paces them
+        (events/s, in windows of ``window``)."""
         self.urls = list(urls)
         self.subject = f"webhook-operator.events.{namespace}"
         self.event = event
         self.first = first
         self.count = end - first
         self.window = window
+        self.rate = rate
         self.stored = 0
         self.repeated = 0  # publications sent again after an error or a missing ack
         self.error: BaseException | None = None
@@ -271,7 +316,10 @@ class BackgroundPublisher:
             pending = list(range(self.first, self.first + self.count))
             while pending:
                 failed: list[int] = []
+                began = time.monotonic()
                 for start in range(0, len(pending), self.window):
+                    if self.rate:
+                        await asyncio.sleep(max(0.0, began + start / self.rate - time.monotonic()))
                     chunk = pending[start : start + self.window]
                     results = await asyncio.gather(*(self._one(js, i) for i in chunk), return_exceptions=True)
                     for i, result in zip(chunk, results, strict=True):
