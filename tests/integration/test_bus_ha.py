@@ -23,6 +23,7 @@ from tests.support.nats import (
     NatsCluster,
     NatsServer,
     consumer_leaders,
+    consumer_replicas,
     stream_info,
     stream_leader,
 )
@@ -175,6 +176,13 @@ def test_stream_replicas_follow_the_flag_on_an_existing_stream(
         info = stream_info(nats_cluster.urls, stream)
         assert info.config.num_replicas == 3, stream
         assert f"bus: stream {stream}: replicas 1 -> 3" in second.log()
+    # Their consumers follow, or losing the one node that holds a consumer would stop its work.
+    consumers = [(EVENTS_STREAM, FANOUT_CONSUMER), (DELIVERIES_STREAM, DELIVER_CONSUMER), (LOG_STREAM, HEALTH_CONSUMER)]
+    wait_until(
+        lambda: all(n == 3 for n in consumer_replicas(nats_cluster.urls, consumers)) or None,
+        timeout=20,
+        what="3 replicas of every consumer",
+    )
     add_webhooks(kubectl, namespace, receiver, ["hook"])
     BackgroundPublisher(nats_cluster.urls, namespace, "User.Created", 5).start().join()
     receiver.wait_for(5, "/hook", timeout=30)

@@ -223,17 +223,23 @@ def stream_info(urls: Sequence[str], stream: str, timeout: float = 20.0) -> Any:
             time.sleep(0.3)
 
 
-async def _leaders(urls: Sequence[str], consumers: Sequence[tuple[str, str]]) -> list[str]:
+async def _consumer_infos(urls: Sequence[str], consumers: Sequence[tuple[str, str]]) -> list[Any]:
     nc = await nats.connect(list(urls))
     try:
         js = nc.jetstream()
-        out = []
-        for stream, consumer in consumers:
-            info = await js.consumer_info(stream, consumer)
-            out.append(str(info.cluster.leader if info.cluster else ""))
-        return out
+        return [await js.consumer_info(stream, consumer) for stream, consumer in consumers]
     finally:
         await nc.close()
+
+
+async def _leaders(urls: Sequence[str], consumers: Sequence[tuple[str, str]]) -> list[str]:
+    return [str(info.cluster.leader if info.cluster else "") for info in await _consumer_infos(urls, consumers)]
+
+
+def consumer_replicas(urls: Sequence[str], consumers: Sequence[tuple[str, str]]) -> list[int]:
+    """How many nodes hold each (stream, durable) consumer: its leader and its other peers."""
+    infos = asyncio.run(_consumer_infos(urls, consumers))
+    return [(1 if info.cluster and info.cluster.leader else 0) + len(info.cluster.replicas or []) for info in infos]
 
 
 def consumer_leaders(urls: Sequence[str], consumers: Sequence[tuple[str, str]], timeout: float = 20.0) -> list[str]:
