@@ -50,6 +50,9 @@ FINISHED_MEMORY_S = 300.0
 # reconcile that met an API error) waits and looks again this often; only a deleted or disabled
 # webhook ends it.
 NOT_READY_RECHECK_S = 1.0
+# ...for PARK_AFTER_S in memory, then outside it, read again this often (so a webhook that stays not
+# Ready holds no memory for its backlog).
+NOT_READY_PARK_S = 10.0
 # Deletions of expired events in flight at once: at a busy API server's 100-150 ms per request,
 # 10 fell behind the 60 events/s the operator completes (measured by the benchmark's soak).
 EXPIRY_CONCURRENCY = 32
@@ -69,6 +72,11 @@ PARK_AFTER_S = 5.0
 # A status write taking longer than this (etcd down: the API server holds requests) pauses new attempts
 # as a failing one does, until a write goes through.
 WRITE_SLOW_S = 2.0
+# An attempt keeps its global slot until its outcome is written to the event's status, so at most
+# --max-concurrency attempts are sent-but-unrecorded at any moment: all a killed leader (or one that
+# lost its Lease) can leave for the next one to repeat. Outcomes of an event whose other deliveries
+# are still running are written this long after the first of them (one write when they end together).
+FLUSH_AFTER_S = 0.05
 # Attempts one webhook may have waiting for (or holding) its own slots; a delivery beyond that leaves
 # memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
 # or hanging endpoint holds neither memory nor the watch for everyone else.
@@ -112,6 +120,9 @@ class EventJob:
     conditions: list[dict[str, Any]] = field(default_factory=list)  # as last read or written
     replay: dict[str, Any] | None = None  # status.replay: the last replay request answered
     order: OrderKey = ("", "", "")  # spec.ordering: (creationTimestamp, namespace, name)
+    # Global slots held by attempts whose outcome is in ``deliveries`` but not yet in a written status.
+    unrecorded: list[tuple[str, str]] = field(default_factory=list)
+    flush_due: bool = False  # a write of those outcomes is scheduled
 
     @property
     def handled(self) -> tuple[str | None, ...]:
@@ -161,6 +172,10 @@ class DeliveryEngine:
         # resourceVersion cannot tell which is older: it is opaque (API conventions).
         self._finished: OrderedDict[str, Finished] = OrderedDict()
         self._fetching: set[str] = set()  # uids whose redelivery waits for a fresh read
+        # Parked events being read again (uid -> a watch event with a redelivery request that came
+        # meanwhile). Other watch events of them are older than that read, e.g. the late echo of an
+        # intermediate status write: resuming from one would repeat deliveries recorded since.
+        self._reading: dict[str, dict[str, Any] | None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.retention = Retention(
             ttl_s=settings.event_ttl_s,
@@ -203,6 +218,10 @@ class DeliveryEngine:
             self.retention.forget(uid)
             return
         status = body.get("status") or {}
+        if uid in self._reading:
+            if pending_request(meta, status) is not None:
+                self._reading[uid] = body  # answered once the read has resumed the event
+            return
         if uid in self._parked:
             # Read again when due; only a new redelivery (or replay) request wakes it now (the echo of
             # our own last write, or a relist, changes nothing).
@@ -365,12 +384,15 @@ class DeliveryEngine:
                 results = await asyncio.gather(*(self._deliver(job, entry) for entry in open_entries))
                 parks = [park for park in results if park is not None]
             if not job.gone:
-                await self._write(job, final=True)
+                # Before it leaves memory, the event's status holds what it waits for (a delivery waiting
+                # for a webhook to be Ready may have had no write yet).
+                await self._write(job, final=not parks)
                 if parks and not job.gone and not self._stopping.is_set():
                     self._park(job, parks)
         except Exception:
             log.exception("delivering event %s/%s failed unexpectedly", job.namespace, job.name)
         finally:
+            self._recorded(job, len(job.unrecorded))  # written, gone, or abandoned with the job
             self._first_round_over(job)
             self._jobs.pop(job.uid, None)
             self._remember_finished(job)
@@ -383,6 +405,7 @@ class DeliveryEngine:
         name = entry["webhook"]
         counted: WebhookState | None = None  # the webhook whose deliveries_pending counts this delivery
         ordered_as: WebhookKey | None = None  # where this delivery stands in its webhook's order
+        not_ready_since = 0.0  # monotonic time since which its webhook has been not Ready
 
         def count_pending(state: WebhookState | None) -> None:
             nonlocal counted
@@ -413,10 +436,15 @@ class DeliveryEngine:
                     self._order_gauge(ordered_as, state)
                 if ending == NOT_READY:
                     # Not Ready for now (a Secret being recreated, an API error while reconciling):
-                    # the attempt waits, and is not counted, until the webhook is Ready again.
+                    # the attempt waits, and is not counted, until the webhook is Ready again; past
+                    # park_after_s it waits outside memory (an Ordered webhook's keeps its place here).
                     self._first_round_over(job)
+                    not_ready_since = not_ready_since or time.monotonic()
+                    if time.monotonic() - not_ready_since >= self.park_after_s and not state.spec.ordered:
+                        return _Park(now().timestamp() + NOT_READY_PARK_S, entry["webhook"])
                     await asyncio.sleep(NOT_READY_RECHECK_S)
                     continue
+                not_ready_since = 0.0
                 due = parse_time(entry.get("nextAttemptTime"))
                 if due is not None:
                     delay = (due - now()).total_seconds()
@@ -607,14 +635,20 @@ class DeliveryEngine:
                         held[0].take(time.monotonic())
                     end_turn()
                 self.metrics.in_flight.labels(job.namespace, state.name).inc()
+                sent = False
                 try:
                     result = await send(
                         self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds
                     )
+                    sent = True
                 finally:
                     if self._live(state):
                         self.metrics.in_flight.labels(job.namespace, state.name).dec()
-                    self._global.release(key)
+                    if not sent:
+                        self._global.release(key)
+                # The slot is given back once the outcome is written (_recorded); the caller folds the
+                # result into the entry before anything else runs.
+                job.unrecorded.append(key)
         finally:
             end_turn()
             load = self._load[key] - 1
@@ -672,6 +706,22 @@ class DeliveryEngine:
             self._first_round_over(job)
             if not job.gone:
                 await self._write(job, final=False)
+        elif job.unrecorded and not job.flush_due:
+            # Other deliveries of this event still run: record this outcome shortly, not at their end.
+            job.flush_due = True
+            self._spawn(self._flush_soon(job))
+
+    async def _flush_soon(self, job: EventJob) -> None:
+        await asyncio.sleep(FLUSH_AFTER_S)
+        job.flush_due = False
+        if job.unrecorded and not job.gone:
+            await self._write(job, final=False)
+
+    def _recorded(self, job: EventJob, count: int) -> None:
+        """Give back the global slots of the first ``count`` unrecorded attempts of ``job``."""
+        for key in job.unrecorded[:count]:
+            self._global.release(key)
+        del job.unrecorded[:count]
 
     async def _write(self, job: EventJob, *, final: bool) -> None:
         """Write the job's status; a transient API error is retried until it is written or the event is gone."""
@@ -683,7 +733,9 @@ class DeliveryEngine:
                 if final and phase not in FINAL_PHASES:
                     return
                 status = self._status(job, phase)
+                pending = len(job.unrecorded)  # outcomes this status carries
                 if job.written == status:
+                    self._recorded(job, pending)
                     break
                 slow = asyncio.get_running_loop().call_later(WRITE_SLOW_S, self._recording.clear)
                 try:
@@ -692,9 +744,11 @@ class DeliveryEngine:
                     if isinstance(exc, ApiError) and exc.status == 404:
                         self._recording.set()
                         job.gone = True
+                        self._recorded(job, len(job.unrecorded))
                         return
                     if not is_transient(exc):
                         self._recording.set()
+                        self._recorded(job, len(job.unrecorded))
                         log.error("status of %s/%s not written: %s", job.namespace, job.name, exc)
                         return
                     self._recording.clear()
@@ -710,6 +764,7 @@ class DeliveryEngine:
                     slow.cancel()
                 self.status_writes += 1
                 self._recording.set()
+                self._recorded(job, pending)
                 job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
                 job.conditions = status["conditions"]
                 break
@@ -787,6 +842,7 @@ class DeliveryEngine:
     async def _wake(self, uid: str, parked: Parked, *, acquired: bool = False) -> None:
         """Read a parked event and hand it to on_event as the watch would: it resumes from its status."""
         self._uncount(parked)
+        self._reading[uid] = None
         try:
             body = await with_retries(
                 lambda: self.kube.get(event_path(parked.namespace, parked.name)),
@@ -807,10 +863,13 @@ class DeliveryEngine:
                 self._parked_changed.set()
             return
         finally:
+            requested = self._reading.pop(uid, None)  # after a failed read, the next read sees the request
             if acquired:
                 self._waking.release()
         if body is not None and (body.get("metadata") or {}).get("uid") == uid:
             await self.on_event("MODIFIED", body)
+        if requested is not None:
+            await self.on_event("MODIFIED", requested)
 
     # -- test payloads ------------------------------------------------------------------
     async def send_test(self, state: WebhookState, pattern: str) -> dict[str, Any]:
