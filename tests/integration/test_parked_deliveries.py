@@ -17,6 +17,7 @@ from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.kube_helpers import KubectlFn, create, event_manifest
 from tests.support.receiver import Receiver, Reply
 from webhook_operator.delivery.engine import DeliveryEngine, event_path
+from webhook_operator.delivery.ratelimit import RateLimit
 from webhook_operator.delivery.transport import make_client
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import KubeClient
@@ -201,12 +202,13 @@ async def test_no_new_attempt_starts_while_status_writes_fail(
         proxy.close()
 
 
-async def test_sent_but_unrecorded_attempts_never_exceed_max_concurrency(
+async def test_sent_but_unrecorded_attempts_stay_within_twice_max_concurrency(
     cluster: Cluster, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path, tmp_path: Path
 ) -> None:
     """Everything a leader killed at any moment leaves for the next one to repeat: attempts sent whose
     outcome is not yet written. With slow status writes (a busy API server) and a fast receiver, that
-    stays within --max-concurrency instead of growing with the write backlog."""
+    stays within those in flight plus --max-concurrency answered, instead of growing with the write
+    backlog."""
     proxy = FaultProxy(cluster.kubeconfig)
     kube = KubeClient(from_kubeconfig([proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")]))
     direct = KubeClient(from_kubeconfig([cluster.kubeconfig]))
@@ -248,7 +250,7 @@ async def test_sent_but_unrecorded_attempts_never_exceed_max_concurrency(
             assert time.monotonic() < deadline, f"only {done} of 30 deliveries recorded"
             await asyncio.sleep(0.05)
         assert len(receiver.received()) == 30
-        assert widest <= 4, f"{widest} attempts were sent but not recorded at once (--max-concurrency 4)"
+        assert widest <= 8, f"{widest} attempts were sent but not recorded at once (--max-concurrency 4)"
     finally:
         await engine.abort()
         await engine.client.aclose()
@@ -332,3 +334,34 @@ async def test_an_old_watch_event_during_the_re_read_of_a_parked_event_repeats_n
         await engine.client.aclose()
         await kube.close()
         proxy.close()
+
+
+async def test_a_backlog_behind_a_rate_limit_waits_outside_memory(
+    kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path
+) -> None:
+    """Deliveries that would wait longer than park_after_s for a rate-limit token leave memory and come
+    back when their turn nears; the receiver still sees no more than burst + rate x t."""
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=3, backoff_seconds=0.2, max_backoff_seconds=1, timeout_seconds=5)
+    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
+    hook.spec = WebhookSpec(
+        url=hook.spec.url, events=hook.spec.events, retry=retry, rate_limit=RateLimit(requests_per_second=5, burst=1)
+    )
+    index.put(hook)
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    engine.park_after_s = 1.0
+    names = [create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(25)]
+    try:
+        for name in names:
+            await engine.on_event("ADDED", await kube.get(event_path(namespace, name)) or {})
+        await until(lambda: engine.parked_events > 0, within_s=5)
+        assert engine.active_jobs <= 10, f"{engine.active_jobs} events held in memory for the rate limit"
+        await until(lambda: len(receiver.received()) == 25, within_s=30)
+        times = sorted(r.at for r in receiver.received())
+        for i, start in enumerate(times):
+            within_1s = sum(1 for t in times[i:] if t - start <= 1.0)
+            assert within_1s <= 1 + 5 * 1.0 + 1, f"{within_1s} requests within 1 s (limit 5/s, burst 1)"
+        assert len({r.headers["webhook-id"] for r in receiver.received()}) == 25
+    finally:
+        await engine.abort()
+        await engine.client.aclose()

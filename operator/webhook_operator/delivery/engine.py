@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,10 +72,11 @@ PARK_AFTER_S = 5.0
 # A status write taking longer than this (etcd down: the API server holds requests) pauses new attempts
 # as a failing one does, until a write goes through.
 WRITE_SLOW_S = 2.0
-# An attempt keeps its global slot until its outcome is written to the event's status, so at most
-# --max-concurrency attempts are sent-but-unrecorded at any moment: all a killed leader (or one that
-# lost its Lease) can leave for the next one to repeat. Outcomes of an event whose other deliveries
-# are still running are written this long after the first of them (one write when they end together).
+# Attempts answered but not yet written to their event's status are what a killed leader (or one
+# that lost its Lease) leaves for the next one to repeat: no attempt starts while --max-concurrency of
+# them wait for their write, so at most 2 x --max-concurrency are ever repeated (those in flight, and
+# those answered), however far the API server lags. Outcomes of an event whose other deliveries are
+# still running are written this long after the first of them (one write when they end together).
 FLUSH_AFTER_S = 0.05
 # Attempts one webhook may have waiting for (or holding) its own slots; a delivery beyond that leaves
 # memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
@@ -120,8 +121,7 @@ class EventJob:
     conditions: list[dict[str, Any]] = field(default_factory=list)  # as last read or written
     replay: dict[str, Any] | None = None  # status.replay: the last replay request answered
     order: OrderKey = ("", "", "")  # spec.ordering: (creationTimestamp, namespace, name)
-    # Global slots held by attempts whose outcome is in ``deliveries`` but not yet in a written status.
-    unrecorded: list[tuple[str, str]] = field(default_factory=list)
+    unrecorded: int = 0  # attempts whose outcome is in ``deliveries`` but not yet in a written status
     flush_due: bool = False  # a write of those outcomes is scheduled
 
     @property
@@ -195,6 +195,9 @@ class DeliveryEngine:
         self._recording = asyncio.Event()
         self._recording.set()
         self.status_writes = 0
+        self._unrecorded = 0  # attempts answered, outcome not yet written (see FLUSH_AFTER_S)
+        self.max_unrecorded = settings.max_concurrency
+        self._room_to_record = asyncio.Event()
         # spec.ordering: open deliveries per webhook, in event creation order. Ordered deliveries wait
         # until the first full list of events is in (set by the runtime), so that the order after a
         # restart is rebuilt from every recorded event, not from the first page.
@@ -203,6 +206,7 @@ class DeliveryEngine:
         self._order_moved: dict[WebhookKey, asyncio.Event] = {}
         # spec.rateLimit: one bucket per webhook (uid included: a recreated webhook starts full).
         self._buckets: dict[WebhookKey, tuple[TokenBucket, asyncio.Lock]] = {}
+        self._token_waiters: dict[WebhookKey, int] = {}  # deliveries queued for a webhook's rate-limit turn
 
     # -- watch entry point --------------------------------------------------------------
     async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
@@ -392,7 +396,7 @@ class DeliveryEngine:
         except Exception:
             log.exception("delivering event %s/%s failed unexpectedly", job.namespace, job.name)
         finally:
-            self._recorded(job, len(job.unrecorded))  # written, gone, or abandoned with the job
+            self._recorded(job, job.unrecorded)  # written, gone, or abandoned with the job
             self._first_round_over(job)
             self._jobs.pop(job.uid, None)
             self._remember_finished(job)
@@ -471,6 +475,12 @@ class DeliveryEngine:
                 token_turn: asyncio.Lock | None = None
                 rate_waited = 0.0
                 held = self._current_bucket(state)
+                if held is not None and not state.spec.ordered:
+                    # A backlog behind the rate limit longer than park_after_s waits outside memory.
+                    wait = self._token_wait(state, held[0])
+                    if wait > self.park_after_s:
+                        park_at = now().timestamp() + wait - self.park_after_s / 2
+                        return _Park(park_at, entry["webhook"], busy=rate_key(state))
                 if held is not None:
                     # spec.rateLimit: wait for a token outside the round (the other webhooks' results get
                     # written) holding no slot; this delivery keeps the turn until _attempt takes the token.
@@ -536,7 +546,8 @@ class DeliveryEngine:
         key = (state.namespace, state.name, state.uid)
         limit = state.spec.rate_limit
         if limit is None:
-            self._buckets.pop(key, None)
+            if self._buckets.pop(key, None) is not None and self._parked.release(rate_key(state), now().timestamp()):
+                self._parked_changed.set()  # the limit is gone: what waited for it is due now
             return None
         held = self._buckets.get(key)
         if held is None:
@@ -550,6 +561,11 @@ class DeliveryEngine:
         current = self.index.get(state.namespace, state.name)
         return self._bucket(current if current is not None and current.uid == state.uid else state)
 
+    def _token_wait(self, state: WebhookState, bucket: TokenBucket) -> float:
+        """Seconds a new delivery would wait for a token: the bucket's own delay plus the waiters ahead."""
+        waiting = self._token_waiters.get((state.namespace, state.name, state.uid), 0)
+        return bucket.delay(time.monotonic()) + waiting / bucket.limit.requests_per_second
+
     async def _wait_for_token(self, state: WebhookState, held: tuple[TokenBucket, asyncio.Lock]) -> float:
         """Take the webhook's turn (its lock) and wait, holding no slot, until its bucket has a token;
         the seconds waited, the turn included. The caller passes the turn on to ``_attempt``.
@@ -559,7 +575,23 @@ class DeliveryEngine:
         """
         started = time.monotonic()
         bucket, turn = held
-        await turn.acquire()
+        key = (state.namespace, state.name, state.uid)
+        self._token_waiters[key] = self._token_waiters.get(key, 0) + 1
+        try:
+            await turn.acquire()
+        finally:
+            left = self._token_waiters[key] - 1
+            if left:
+                self._token_waiters[key] = left
+            else:
+                del self._token_waiters[key]
+            if not self._stopping.is_set() and self._token_wait(state, bucket) < self.park_after_s / 2:
+                # The queue is short again: the longest-parked deliveries behind this limit come back.
+                for _ in range(2):
+                    woken = self._parked.pop_busy(rate_key(state))
+                    if woken is None:
+                        break
+                    self._spawn(self._wake(*woken))
         try:
             while not self._stopping.is_set():
                 now_held = self._current_bucket(state)
@@ -626,6 +658,12 @@ class DeliveryEngine:
                     await self._global.acquire(key)
                 finally:
                     self._dequeued()
+                if self._unrecorded >= self.max_unrecorded:
+                    try:
+                        await self._until_room_to_record()  # holding the slot: the next to send
+                    except BaseException:
+                        self._global.release(key)
+                        raise
                 if self._stopping.is_set():
                     self._global.release(key)
                     raise _Stopped()
@@ -635,20 +673,18 @@ class DeliveryEngine:
                         held[0].take(time.monotonic())
                     end_turn()
                 self.metrics.in_flight.labels(job.namespace, state.name).inc()
-                sent = False
                 try:
                     result = await send(
                         self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds
                     )
-                    sent = True
                 finally:
                     if self._live(state):
                         self.metrics.in_flight.labels(job.namespace, state.name).dec()
-                    if not sent:
-                        self._global.release(key)
-                # The slot is given back once the outcome is written (_recorded); the caller folds the
-                # result into the entry before anything else runs.
-                job.unrecorded.append(key)
+                    self._global.release(key)
+                # Counted until written (_recorded); the caller folds the result into the entry before
+                # anything else runs.
+                job.unrecorded += 1
+                self._unrecorded += 1
         finally:
             end_turn()
             load = self._load[key] - 1
@@ -718,10 +754,16 @@ class DeliveryEngine:
             await self._write(job, final=False)
 
     def _recorded(self, job: EventJob, count: int) -> None:
-        """Give back the global slots of the first ``count`` unrecorded attempts of ``job``."""
-        for key in job.unrecorded[:count]:
-            self._global.release(key)
-        del job.unrecorded[:count]
+        """``count`` of ``job``'s unrecorded outcomes are written (or will never be)."""
+        job.unrecorded -= count
+        self._unrecorded -= count
+        if self._unrecorded < self.max_unrecorded:
+            self._room_to_record.set()
+
+    async def _until_room_to_record(self) -> None:
+        while self._unrecorded >= self.max_unrecorded and not self._stopping.is_set():
+            self._room_to_record.clear()
+            await self._room_to_record.wait()
 
     async def _write(self, job: EventJob, *, final: bool) -> None:
         """Write the job's status; a transient API error is retried until it is written or the event is gone."""
@@ -733,7 +775,7 @@ class DeliveryEngine:
                 if final and phase not in FINAL_PHASES:
                     return
                 status = self._status(job, phase)
-                pending = len(job.unrecorded)  # outcomes this status carries
+                pending = job.unrecorded  # outcomes this status carries
                 if job.written == status:
                     self._recorded(job, pending)
                     break
@@ -744,11 +786,11 @@ class DeliveryEngine:
                     if isinstance(exc, ApiError) and exc.status == 404:
                         self._recording.set()
                         job.gone = True
-                        self._recorded(job, len(job.unrecorded))
+                        self._recorded(job, job.unrecorded)
                         return
                     if not is_transient(exc):
                         self._recording.set()
-                        self._recorded(job, len(job.unrecorded))
+                        self._recorded(job, job.unrecorded)
                         log.error("status of %s/%s not written: %s", job.namespace, job.name, exc)
                         return
                     self._recording.clear()
@@ -956,6 +998,7 @@ class DeliveryEngine:
         """
         self._stopping.set()
         self._capacity.set()
+        self._room_to_record.set()
         tasks = list(self._tasks)
         if tasks and grace_s > 0:
             log.info("waiting up to %.0fs for %d event(s) with attempts in flight", grace_s, len(self._jobs))
@@ -970,6 +1013,7 @@ class DeliveryEngine:
         """Cancel everything at once (the Lease is lost: nothing may be written any more)."""
         self._stopping.set()
         self._capacity.set()
+        self._room_to_record.set()
         tasks = list(self._tasks)
         if self._wake_task is not None:
             tasks.append(self._wake_task)
@@ -1005,13 +1049,18 @@ def waiting_reason(state: WebhookState | None) -> str | None:
     return None
 
 
+def rate_key(state: WebhookState) -> tuple[str, str, str, str]:
+    """The ParkedEvents queue of deliveries waiting outside memory for ``state``'s rate limit."""
+    return ("rate-limit", state.namespace, state.name, state.uid)
+
+
 @dataclass(frozen=True)
 class _Park:
     """A delivery that waits outside memory: until ``due`` (epoch seconds), or room at webhook ``busy``."""
 
     due: float
     webhook: str
-    busy: tuple[str, str] | None = None
+    busy: Hashable | None = None
 
 
 class _Stopped(Exception):
