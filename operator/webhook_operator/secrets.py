@@ -43,19 +43,20 @@ class ListedSecrets:
     def __contains__(self, key: SecretKey) -> bool:
         return key in self.bodies
 
+    def note(self, key: SecretKey, secret: Mapping[str, Any] | None) -> None:
+        """A Secret as one of our writes left it: a webhook reconciled again meanwhile reads it here."""
+        self.bodies[key] = None if secret is None else slim_secret(secret)
+
     async def read(self, kube: KubeClient, key: SecretKey) -> dict[str, Any] | None:
         if key in self.bodies:
-            secret = self.bodies[key]
-            if secret is not None and _managed(secret):
-                del self.bodies[key]  # one webhook's own: read once, and the memory goes with it
-            return secret
+            return self.bodies[key]
         reading = self._reading.get(key)
         if reading is None:
             reading = self._reading[key] = asyncio.ensure_future(kube.get(secret_path(*key)))
             reading.add_done_callback(lambda _: self._reading.pop(key, None))
         secret = await asyncio.shield(reading)
-        self.bodies[key] = secret
-        return secret
+        self.bodies[key] = None if secret is None else slim_secret(secret)
+        return self.bodies[key]
 
 
 class SecretReader:
@@ -79,15 +80,23 @@ class SecretReader:
         self.note(name, secret)
         return secret
 
-    def note(self, name: str, secret: Mapping[str, Any] | None) -> None:
-        """What the Secret is now, after a read or one of our own writes."""
+    def note(self, name: str, secret: Mapping[str, Any] | None, *, namespace: str | None = None) -> None:
+        """What the Secret is now, after a read or (with its ``namespace``) one of our own writes."""
+        if self.listed is not None and namespace is not None:
+            self.listed.note((namespace, name), secret)
         self._read[name] = None if secret is None else dict(secret)
         self.versions[name] = None if secret is None else (secret.get("metadata") or {}).get("resourceVersion")
 
 
-def _managed(secret: Mapping[str, Any]) -> bool:
-    labels = (secret.get("metadata") or {}).get("labels") or {}
-    return bool(labels.get(MANAGED_BY_LABEL[0]) == MANAGED_BY_LABEL[1])
+def slim_secret(secret: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reconcile reads of a Secret (no managedFields or other metadata): held for a whole load."""
+    meta = secret.get("metadata") or {}
+    kept = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "ownerReferences")
+    return {
+        "metadata": {k: meta[k] for k in kept if k in meta},
+        "type": secret.get("type"),
+        "data": secret.get("data") or {},
+    }
 
 
 async def list_signing_secrets(kube: KubeClient, namespaces: tuple[str, ...]) -> ListedSecrets:
@@ -99,8 +108,7 @@ async def list_signing_secrets(kube: KubeClient, namespaces: tuple[str, ...]) ->
         async for page in kube.list_pages(path, page_size=500, label_selector=selector):
             for secret in page:
                 meta = secret.get("metadata") or {}
-                meta.pop("managedFields", None)
-                bodies[(meta.get("namespace", ""), meta.get("name", ""))] = secret
+                bodies[(meta.get("namespace", ""), meta.get("name", ""))] = slim_secret(secret)
     return ListedSecrets(bodies)
 
 
@@ -226,7 +234,7 @@ async def ensure_signing_keys(
             secret = await kube.get(path)  # created concurrently: judge what is there now
             if secret is None:
                 raise
-        reader.note(name, secret)
+        reader.note(name, secret, namespace=namespace)
     if not owned_by(secret, meta["uid"]):
         return SigningKeys(
             name,
@@ -242,7 +250,7 @@ async def ensure_signing_keys(
         return SigningKeys(name, deferred=True)
     if not current or len(current) < 16:
         current = generate_signing_key()
-        reader.note(name, await kube.merge_patch(path, {"data": key_data(current)}))
+        reader.note(name, await kube.merge_patch(path, {"data": key_data(current)}), namespace=namespace)
     keys = [current]
     deferred = False
     previous = _decode(data, PREVIOUS_KEY)
@@ -258,7 +266,7 @@ async def ensure_signing_keys(
                 path,
                 {"metadata": {"annotations": {PREVIOUS_KEY_EXPIRES_ANNOTATION: None}}, "data": {PREVIOUS_KEY: None}},
             )
-            reader.note(name, patched)
+            reader.note(name, patched, namespace=namespace)
             expires = None
     return SigningKeys(
         name, keys=tuple(keys), previous_expires_at=expires if previous and not deferred else None, deferred=deferred

@@ -105,6 +105,13 @@ class WebhookController:
         if type_ == "DELETED":
             self.forget(meta.get("namespace", ""), meta.get("name", ""))
             return
+        state = self.index.get(meta.get("namespace", ""), meta.get("name", ""))
+        if state is not None and state.uid == meta.get("uid") and not state.resolving:
+            version = meta.get("resourceVersion")
+            if version is not None and version == (state.body.get("metadata") or {}).get("resourceVersion"):
+                # The very version this webhook was reconciled from or written to (the watch's first
+                # list after start-up; the event of our own status write): nothing to do.
+                return
         await self.reconcile(body)
 
     async def on_secret_event(self, body: dict[str, Any], type_: str | None = None) -> None:
