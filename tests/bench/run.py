@@ -176,12 +176,12 @@ ROWS: list[tuple[str, str, str]] = [
 ]
 for _size, _name in ((1000, "1k"), (10_000, "10k")):
     ROWS += [
-        (f"scale{_name}_ready_s", f"{_size:,} webhooks: start until all loaded and Ready", "s"),
-        (f"scale{_name}_startup_api_requests", f"{_size:,} webhooks: API requests at start-up", ""),
-        (f"scale{_name}_rss_mb_loaded", f"{_size:,} webhooks: RSS once loaded", "MB"),
+        (f"scale{_name}_first_ready_s", f"{_size:,} webhooks, first start: all Ready", "s"),
+        (f"scale{_name}_first_startup_api_requests", f"{_size:,} webhooks, first start: API requests", ""),
         (f"scale{_name}_rss_mb_peak", f"{_size:,} webhooks: peak RSS, events flowing", "MB"),
-        (f"scale{_name}_restart_ready_s", f"{_size:,} webhooks: restart until ready", "s"),
-        (f"scale{_name}_restart_startup_api_requests", f"{_size:,} webhooks: API requests at restart", ""),
+        (f"scale{_name}_ready_s", f"{_size:,} webhooks, restart: all loaded, ready", "s"),
+        (f"scale{_name}_startup_api_requests", f"{_size:,} webhooks, restart: API requests", ""),
+        (f"scale{_name}_rss_mb_loaded", f"{_size:,} webhooks, restart: RSS once loaded", "MB"),
     ]
 
 
