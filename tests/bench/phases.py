@@ -496,7 +496,7 @@ async def paced(
         created_at[body["metadata"]["name"]] = body["spec"]["data"]["t"] / 1e6
         try:
             await ctx.api.create(path, body)
-        except (RuntimeError, aiohttp.ClientError):
+        except (RuntimeError, aiohttp.ClientError, TimeoutError):  # an API server past its limit times out
             errors += 1
 
     meter = ctx.cpu_meter(operator)
