@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=lambda s: tuple(int(x) for x in s.split(",")),
         help="webhooks in the many-webhooks runs, 100 to a namespace, comma-separated (default 1000,10000)",
     )
-    parser.add_argument("--many-events", type=int, help="events sent during each many-webhooks run (default 2000)")
+    parser.add_argument("--many-events", type=int, help="events sent during each many-webhooks run (default 1000)")
     parser.add_argument("--soak-webhooks", type=int, default=25, help="webhooks each soak event goes to (default 25)")
     parser.add_argument(
         "--only", default="", help="comma-separated phases: baseline,engine,e2e,paced,pipeline,bus,soak,scale,many"
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.paced_seconds = args.paced_seconds or (10.0 if quick else 60.0)
     args.paced200_seconds = args.paced200_seconds or (5.0 if quick else 30.0)
     args.many = args.many or ((200, 1000) if quick else (1000, 10_000))
-    args.many_events = args.many_events or (300 if quick else 2000)
+    args.many_events = args.many_events or (300 if quick else 1000)
     args.engine_deliveries = args.engine_deliveries or (1000 if quick else 2000)
     args.scale_webhooks = args.scale_webhooks or (100 if quick else 1000)
     args.scale_events = args.scale_events or (1000 if quick else 10_000)
