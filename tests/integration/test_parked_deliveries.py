@@ -17,6 +17,7 @@ from tests.support.faultproxy import Fault, FaultProxy
 from tests.support.kube_helpers import KubectlFn, create, event_manifest
 from tests.support.receiver import Receiver, Reply
 from webhook_operator.delivery.engine import DeliveryEngine, event_path
+from webhook_operator.delivery.ratelimit import RateLimit
 from webhook_operator.delivery.transport import make_client
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.kube import KubeClient
@@ -199,3 +200,168 @@ async def test_no_new_attempt_starts_while_status_writes_fail(
         await engine.client.aclose()
         await kube.close()
         proxy.close()
+
+
+async def test_sent_but_unrecorded_attempts_stay_within_twice_max_concurrency(
+    cluster: Cluster, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path, tmp_path: Path
+) -> None:
+    """Everything a leader killed at any moment leaves for the next one to repeat: attempts sent whose
+    outcome is not yet written. With slow status writes (a busy API server) and a fast receiver, that
+    stays within those in flight plus --max-concurrency answered, instead of growing with the write
+    backlog."""
+    proxy = FaultProxy(cluster.kubeconfig)
+    kube = KubeClient(from_kubeconfig([proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")]))
+    direct = KubeClient(from_kubeconfig([cluster.kubeconfig]))
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=3, backoff_seconds=0.2, max_backoff_seconds=1, timeout_seconds=5)
+    for name in ("a", "b"):
+        index.put(state(namespace, name, receiver.url(f"/{name}"), ("User.Created",), retry, 10))
+    engine = await make_engine(kube, index, ca_bundle, Settings(max_concurrency=4, per_webhook_concurrency=10))
+    names = [create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(15)]
+    proxy.add(
+        Fault(
+            "PATCH",
+            rf"/apis/webhook-operator\.io/v1alpha1/namespaces/{namespace}/webhookevents/.+/status",
+            hang_s=0.4,
+            forward=True,
+        )
+    )
+
+    async def recorded() -> int:
+        listed = await direct.get(f"/apis/webhook-operator.io/v1alpha1/namespaces/{namespace}/webhookevents") or {}
+        return sum(
+            1
+            for item in listed.get("items") or ()
+            for entry in (item.get("status") or {}).get("deliveries") or ()
+            if entry.get("outcome") == "Succeeded"
+        )
+
+    try:
+        for name in names:
+            await engine.on_event("ADDED", await direct.get(event_path(namespace, name)) or {})
+        widest = 0
+        deadline = time.monotonic() + 60
+        while True:
+            sent = len(receiver.received())  # read first: the gap measured can only be smaller than the true one
+            done = await recorded()
+            widest = max(widest, sent - done)
+            if done == 30:
+                break
+            assert time.monotonic() < deadline, f"only {done} of 30 deliveries recorded"
+            await asyncio.sleep(0.05)
+        assert len(receiver.received()) == 30
+        assert widest <= 8, f"{widest} attempts were sent but not recorded at once (--max-concurrency 4)"
+    finally:
+        await engine.abort()
+        await engine.client.aclose()
+        await kube.close()
+        await direct.close()
+        proxy.close()
+
+
+async def test_a_delivery_waiting_for_a_not_ready_webhook_leaves_memory(
+    kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("webhook_operator.delivery.engine.NOT_READY_PARK_S", 0.5)
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=3, backoff_seconds=0.2, max_backoff_seconds=1, timeout_seconds=5)
+    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
+    hook.ready, hook.resolving = False, True  # e.g. an API error while reconciling it
+    index.put(hook)
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    engine.park_after_s = 0.3
+    name = create(kubectl, namespace, event_manifest("User.Created", {"i": 1}))
+    try:
+        await engine.on_event("ADDED", await kube.get(event_path(namespace, name)) or {})
+        await until(lambda: engine.parked_events == 1, within_s=5)
+        assert engine.active_jobs == 0, "the delivery waiting for its webhook is still held in memory"
+        await asyncio.sleep(1.5)  # read again and parked again while the webhook stays not Ready
+        assert receiver.received() == [] and engine.active_jobs + engine.parked_events == 1
+        written = await kube.get(event_path(namespace, name)) or {}
+        outcomes = [d["outcome"] for d in written["status"]["deliveries"]]
+        assert outcomes == ["Pending"], "the waiting delivery is not recorded"
+
+        hook.ready, hook.resolving = True, False
+        await until(lambda: len(receiver.received()) == 1, within_s=5)
+        deadline = time.monotonic() + 10
+        while await phase(kube, namespace, name) != "Delivered":
+            assert time.monotonic() < deadline, "not Delivered once the webhook is Ready"
+            await asyncio.sleep(0.1)
+    finally:
+        await engine.abort()
+        await engine.client.aclose()
+
+
+async def test_an_old_watch_event_during_the_re_read_of_a_parked_event_repeats_nothing(
+    cluster: Cluster, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path, tmp_path: Path
+) -> None:
+    """While a parked event is read again, the watch may still bring an older version of it (the late
+    echo of an earlier write): resuming from that would send deliveries already recorded once more."""
+    receiver.script("/b", Reply(status=503), Reply(status=200))
+    proxy = FaultProxy(cluster.kubeconfig)
+    kube = KubeClient(from_kubeconfig([proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig")]))
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=3, backoff_seconds=1, max_backoff_seconds=1, timeout_seconds=5)
+    for name in ("a", "b"):
+        index.put(state(namespace, name, receiver.url(f"/{name}"), ("User.Created",), retry, 10))
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    engine.park_after_s = 0.2
+    name = create(kubectl, namespace, event_manifest("User.Created", {"i": 1}))
+    stale = await kube.get(event_path(namespace, name)) or {}  # as first watched: no status yet
+    try:
+        await engine.on_event("ADDED", stale)
+        await until(lambda: engine.parked_events == 1)  # a Succeeded, b waits for its retry
+        read = proxy.add(
+            Fault(
+                "GET",
+                rf"/apis/webhook-operator\.io/v1alpha1/namespaces/{namespace}/webhookevents/{name}",
+                hang_s=1.0,
+                forward=True,
+            )
+        )
+        await until(lambda: read.hits >= 1, within_s=10)  # due: being read again
+        await engine.on_event("MODIFIED", stale)
+        deadline = time.monotonic() + 15
+        while await phase(kube, namespace, name) != "Delivered":
+            assert time.monotonic() < deadline, "not Delivered after the retry"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        paths = [r.path for r in receiver.received()]
+        assert paths.count("/a") == 1, f"webhook a was sent the event {paths.count('/a')} times"
+        assert paths.count("/b") == 2
+    finally:
+        await engine.abort()
+        await engine.client.aclose()
+        await kube.close()
+        proxy.close()
+
+
+async def test_a_backlog_behind_a_rate_limit_waits_outside_memory(
+    kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path
+) -> None:
+    """Deliveries that would wait longer than park_after_s for a rate-limit token leave memory and come
+    back when their turn nears; the receiver still sees no more than burst + rate x t."""
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=3, backoff_seconds=0.2, max_backoff_seconds=1, timeout_seconds=5)
+    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
+    hook.spec = WebhookSpec(
+        url=hook.spec.url, events=hook.spec.events, retry=retry, rate_limit=RateLimit(requests_per_second=5, burst=1)
+    )
+    index.put(hook)
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    engine.park_after_s = 1.0
+    names = [create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(25)]
+    try:
+        for name in names:
+            await engine.on_event("ADDED", await kube.get(event_path(namespace, name)) or {})
+        await until(lambda: engine.parked_events > 0, within_s=5)
+        assert engine.active_jobs <= 10, f"{engine.active_jobs} events held in memory for the rate limit"
+        await until(lambda: len(receiver.received()) == 25, within_s=30)
+        times = sorted(r.at for r in receiver.received())
+        for i, start in enumerate(times):
+            within_1s = sum(1 for t in times[i:] if t - start <= 1.0)
+            assert within_1s <= 1 + 5 * 1.0 + 1, f"{within_1s} requests within 1 s (limit 5/s, burst 1)"
+        assert len({r.headers["webhook-id"] for r in receiver.received()}) == 25
+    finally:
+        await engine.abort()
+        await engine.client.aclose()

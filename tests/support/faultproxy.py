@@ -28,6 +28,7 @@ class Fault:
     times: int | None = None  # None: until removed
     retry_after: float | None = None
     hang_s: float = 0.0  # hold the request this long before answering
+    forward: bool = False  # after hang_s, forward the request instead of failing it (a slow API server)
     hits: int = 0
     reason: str = field(default="")
 
@@ -102,6 +103,7 @@ class FaultProxy:
             auto_decompress=False,
         )
         app = web.Application(client_max_size=64 * 1024 * 1024)
+
         async def handle(request: web.Request) -> web.StreamResponse:
             return await self._handle(session, request)
 
@@ -122,6 +124,7 @@ class FaultProxy:
         if fault is not None:
             if fault.hang_s:
                 await asyncio.sleep(fault.hang_s)
+        if fault is not None and not fault.forward:
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
             reason = fault.reason or {409: "Conflict", 429: "TooManyRequests"}.get(fault.status, "ServiceUnavailable")
             body = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import ssl
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from nats.js.errors import BadRequestError
 
 from webhook_operator.bus.config import PASSWORD_ENV, BusSettings, connect_options
 from webhook_operator.bus.messages import (
@@ -18,12 +20,13 @@ from webhook_operator.bus.messages import (
     deliveries_subject,
     derived_event_id,
     log_record,
+    log_record_id,
     log_subject,
     log_subject_key,
     parse_published,
 )
 from webhook_operator.bus.requestlog import finished, log_rows, to_redeliver
-from webhook_operator.bus.worker import fold_record
+from webhook_operator.bus.worker import declare_problem, fold_record
 from webhook_operator.delivery.attempt import AttemptResult
 from webhook_operator.index import WebhookIndex, WebhookState
 from webhook_operator.model import parse_webhook_spec
@@ -106,6 +109,26 @@ def test_log_records_carry_the_event_only_when_failed_and_a_bounded_response() -
     bad = record("Failed", time="2026-01-02T03:04:07.000Z")
     assert "delivery" not in ok and len(ok["responseBody"]) == 1024
     assert Delivery.decode(json.dumps(bad["delivery"]).encode()) == DELIVERY
+
+
+def test_log_record_ids_one_per_attempt_while_retrying_and_one_final_per_delivery() -> None:
+    retrying = {log_record_id(DELIVERY, n, "Retrying") for n in (1, 2, 3)}
+    assert len(retrying) == 3
+    # The same delivery repeated after its replica died between the final record and the ack.
+    assert log_record_id(DELIVERY, 3, "Succeeded") == log_record_id(DELIVERY, 4, "Succeeded")
+    assert log_record_id(DELIVERY, 3, "Failed") == log_record_id(DELIVERY, 4, "Succeeded")
+    again = dataclasses.replace(DELIVERY, redelivery="2026-01-02T03:04:05Z")
+    assert log_record_id(again, 1, "Succeeded") != log_record_id(DELIVERY, 1, "Succeeded")
+    assert not retrying & {log_record_id(DELIVERY, 1, "Succeeded")}
+
+
+def test_a_refused_stream_says_what_a_replicated_one_needs() -> None:
+    placement = BadRequestError(code=400, err_code=10005, description="no suitable peers for placement")
+    text = declare_problem("WEBHOOK_OPERATOR_EVENTS", 3, placement)
+    assert "no suitable peers for placement" in text and "--event-bus-stream-replicas 3 needs" in text
+    assert "--event-bus-stream-replicas" not in declare_problem("WEBHOOK_OPERATOR_EVENTS", 1, placement)
+    other = BadRequestError(code=400, err_code=10052, description="invalid duplicate window")
+    assert "--event-bus-stream-replicas" not in declare_problem("WEBHOOK_OPERATOR_EVENTS", 3, other)
 
 
 def test_log_rows_newest_first_since_and_failed_only() -> None:

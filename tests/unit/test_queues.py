@@ -131,3 +131,14 @@ def test_stale_heap_entries_are_compacted() -> None:
         parked.park("u", "ns", "e", float(i))
     assert len(parked) == 1
     assert len(parked._heap) < 2000
+
+
+def test_releasing_a_key_makes_its_events_due_now_once_each() -> None:
+    parked = ParkedEvents()
+    parked.park("u1", "ns", "e1", 500.0, busy=[("rate-limit", "ns", "hook")])
+    parked.park("u2", "ns", "e2", 900.0, busy=[("rate-limit", "ns", "hook")])
+    parked.park("u3", "ns", "e3", 900.0, busy=[("ns", "other")])
+    assert parked.release(("rate-limit", "ns", "hook"), 10.0) == 2
+    assert sorted(uid for uid, _ in iter(lambda: parked.pop_due(10.0), None)) == ["u1", "u2"]
+    assert parked.pop_due(1000.0) is not None and parked.pop_due(1000.0) is None  # u3 only; no stale repeats
+    assert parked.release(("rate-limit", "ns", "hook"), 10.0) == 0

@@ -140,6 +140,15 @@ class Delivery:
             raise BadMessage("delivery", f"not a delivery message: {exc}") from None
 
 
+def log_record_id(delivery: Delivery, delivered: int, outcome: str) -> str:
+    """The ``Nats-Msg-Id`` of a request-log record. One per attempt while retrying; one per delivery (and
+    redelivery) once final, so a delivery repeated after its replica died between the final record and
+    the ack is logged, and counted in health, once (the log stream drops the repeat in its window)."""
+    if outcome in FINAL:
+        return f"{delivery.id}/{delivery.redelivery or ''}/final"
+    return f"{delivery.id}/{delivery.redelivery or ''}/{delivered}/{outcome}"
+
+
 def log_record(
     delivery: Delivery,
     *,

@@ -30,6 +30,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
 )
 
 from webhook_operator.bus.config import BusSettings, connect_options
@@ -51,6 +52,7 @@ from webhook_operator.bus.messages import (
     derived_event_id,
     events_subject,
     log_record,
+    log_record_id,
     log_subject,
     log_subject_key,
     parse_published,
@@ -77,10 +79,19 @@ FANOUT_BATCH = 100
 RECONNECT_S = 2.0
 NOT_READY_RECHECK_S = 1.0
 PUBLISH_TIMEOUT_S = 5.0
+FOLD_ACK_TIMEOUT_S = 2.0
+HEALTH_ACK_WAIT_FACTOR = 2  # the health consumer's ack wait, in --event-bus-ack-wait
+STREAM_EXISTS_OTHERWISE = 10058  # JetStream's "stream name already in use with a different configuration"
+# "no suitable peers for placement", "insufficient resources", "replicas > 1 not supported in non-clustered mode"
+PLACEMENT_ERRORS = frozenset({10005, 10023, 10074})
 
 
 class BusUnavailable(Exception):
     """Not connected to NATS (yet, or any more)."""
+
+
+class StreamRefused(Exception):
+    """JetStream would not create or update a stream as configured."""
 
 
 class BusWorker:
@@ -107,6 +118,14 @@ class BusWorker:
         self._held = asyncio.Semaphore(settings.max_concurrency * 2)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._folded: Msg | None = None  # last health record folded into memory and not acked yet
+        # Stream sequences of health records folded and not known to be acked: one whose ack was lost (a
+        # NATS node gone) comes back after the ack wait and is not counted again.
+        self._counted: set[int] = set()
+        # Health consumer deliveries arrive with consecutive consumer sequences; a gap is a record lost on
+        # its way (its NATS node gone), and acking past it (AckPolicy.ALL) would drop it: no ack until
+        # the ack wait has brought it back.
+        self._last_delivery = 0
+        self._hold_acks_until = 0.0
         self._held_since: dict[int, tuple[Msg, float]] = {}  # messages held (by id()), for in-progress acks
         self._stopping = asyncio.Event()
         self._stream_created = ""
@@ -181,10 +200,7 @@ class BusWorker:
             ),
         ]
         for config in streams:
-            try:
-                info = await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                info = await self.js.update_stream(config)  # an older configuration: brought up to date
+            info = await self._declare_stream(config)
             if config.name == EVENTS_STREAM:
                 self._stream_created = info.created.isoformat() if info.created else ""
         namespaces = self.settings.namespaces
@@ -201,7 +217,7 @@ class BusWorker:
                 # Health acks a folded batch with one ack of its last record.
                 ack_policy=AckPolicy.ALL if durable == HEALTH_CONSUMER else AckPolicy.EXPLICIT,
                 deliver_policy=DeliverPolicy.ALL,
-                ack_wait=bus.ack_wait_s * (2 if durable == HEALTH_CONSUMER else 1),
+                ack_wait=bus.ack_wait_s * (HEALTH_ACK_WAIT_FACTOR if durable == HEALTH_CONSUMER else 1),
                 max_deliver=max_deliver,
                 max_ack_pending=MAX_ACK_PENDING,
                 max_waiting=512,
@@ -214,6 +230,28 @@ class BusWorker:
                 await self.js.add_consumer(stream, consumer)
             except nats.js.errors.BadRequestError as exc:  # e.g. a setting JetStream cannot change in place
                 log.warning("bus: consumer %s kept as it is (%s)", durable, exc.description)
+
+    async def _declare_stream(self, config: StreamConfig) -> StreamInfo:
+        """Create the stream, or bring an existing one with an older configuration (another replica
+        count, say) up to date; a refusal is raised with what to change."""
+        assert self.js is not None and config.name is not None
+        try:
+            return await self.js.add_stream(config)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != STREAM_EXISTS_OTHERWISE:
+                raise StreamRefused(declare_problem(config.name, self.bus.replicas, exc)) from exc
+        current = (await self.js.stream_info(config.name)).config
+        if current.num_replicas != config.num_replicas:
+            log.info(
+                "bus: stream %s: replicas %s -> %s (--event-bus-stream-replicas)",
+                config.name,
+                current.num_replicas,
+                config.num_replicas,
+            )
+        try:
+            return await self.js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            raise StreamRefused(declare_problem(config.name, self.bus.replicas, exc)) from exc
 
     # -- running ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -437,7 +475,7 @@ class BusWorker:
             next_attempt_time=next_attempt_time,
             replica=self.replica,
         )
-        record_id = f"{delivery.id}/{delivery.redelivery or ''}/{msg.metadata.num_delivered}/{outcome}"
+        record_id = log_record_id(delivery, msg.metadata.num_delivered, outcome)
         tries = 0
         while True:
             try:
@@ -486,20 +524,29 @@ class BusWorker:
         """Fold final outcomes of every replica into health; acked once flushed to status."""
         await self.ready.wait()
         sub = await self._pull(HEALTH_CONSUMER, LOG_STREAM)
+        # Another leader may have read and acked in between: nothing of an earlier term is trusted.
+        self._folded, self._counted, self._last_delivery, self._hold_acks_until = None, set(), 0, 0.0
         interval = self.settings.health_flush_s
         loop = asyncio.get_running_loop()
         while True:
             # Records of one flush interval, however many batches they come in: one status write per
             # webhook per interval, as in CR mode.
             flush_at = loop.time() + interval
-            last: Msg | None = None
             while (left := flush_at - loop.time()) > 0:
                 msgs = await self._fetch(sub, 1000, max(left, 0.05))
                 for msg in msgs:
-                    fold_record(self.index, msg.subject, msg.data, on_attempt=webhooks.attempt_done)
-                last = msgs[-1] if msgs else last
-                self._folded = last
-            if last is None:
+                    sequence = msg.metadata.sequence.stream
+                    delivery = msg.metadata.sequence.consumer
+                    if self._last_delivery and delivery != self._last_delivery + 1:
+                        self._hold_acks_until = loop.time() + 2 * HEALTH_ACK_WAIT_FACTOR * self.bus.ack_wait_s
+                        log.warning("bus: a health record was lost on its way; acks wait for its redelivery")
+                    self._last_delivery = delivery
+                    if sequence not in self._counted:
+                        self._counted.add(sequence)
+                        fold_record(self.index, msg.subject, msg.data, on_attempt=webhooks.attempt_done)
+                    if self._folded is None or sequence > self._folded.metadata.sequence.stream:
+                        self._folded = msg
+            if self._folded is None:
                 continue
             try:
                 await webhooks.flush_health()
@@ -510,10 +557,19 @@ class BusWorker:
     async def ack_folded(self) -> None:
         """Ack every record folded so far (AckPolicy.ALL); called once they are written to status, e.g.
         after the final health flush of a clean shutdown, so the next leader does not count them again."""
-        folded, self._folded = self._folded, None
-        if folded is not None:
-            with contextlib.suppress(Exception):
-                await folded.ack()
+        folded = self._folded
+        if folded is None or asyncio.get_running_loop().time() < self._hold_acks_until:
+            return
+        try:
+            await folded.ack_sync(timeout=FOLD_ACK_TIMEOUT_S)
+        except Exception as exc:
+            # Kept: acked again after the next flush; the records it covers may come back meanwhile.
+            log.warning("bus: acknowledging health records failed (%s); trying again after the next flush", exc)
+            return
+        if self._folded is folded:
+            self._folded = None
+        acked = folded.metadata.sequence.stream
+        self._counted = {sequence for sequence in self._counted if sequence > acked}
 
     # -- stopping ----------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:
@@ -569,6 +625,17 @@ def fold_record(
     )
     state.health_dirty = True
     return True
+
+
+def declare_problem(stream: str, replicas: int, error: nats.js.errors.APIError) -> str:
+    """Why a stream was refused, and, when it cannot be placed, what the cluster needs (pure)."""
+    text = f"stream {stream} refused: {error.description or 'no reason given'} (JetStream error {error.err_code})"
+    if replicas > 1 and error.err_code in PLACEMENT_ERRORS:
+        text += (
+            f"; --event-bus-stream-replicas {replicas} needs a NATS cluster of at least {replicas} JetStream"
+            " servers (or lower the flag)"
+        )
+    return text
 
 
 def _free(semaphore: asyncio.Semaphore) -> int:

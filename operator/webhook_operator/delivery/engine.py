@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,9 @@ FINISHED_MEMORY_S = 300.0
 # reconcile that met an API error) waits and looks again this often; only a deleted or disabled
 # webhook ends it.
 NOT_READY_RECHECK_S = 1.0
+# ...for PARK_AFTER_S in memory, then outside it, read again this often (so a webhook that stays not
+# Ready holds no memory for its backlog).
+NOT_READY_PARK_S = 10.0
 # Deletions of expired events in flight at once: at a busy API server's 100-150 ms per request,
 # 10 fell behind the 60 events/s the operator completes (measured by the benchmark's soak).
 EXPIRY_CONCURRENCY = 32
@@ -70,6 +73,12 @@ PARK_AFTER_S = 5.0
 # A status write taking longer than this (etcd down: the API server holds requests) pauses new attempts
 # as a failing one does, until a write goes through.
 WRITE_SLOW_S = 2.0
+# Attempts answered but not yet written to their event's status are what a killed leader (or one
+# that lost its Lease) leaves for the next one to repeat: no attempt starts while --max-concurrency of
+# them wait for their write, so at most 2 x --max-concurrency are ever repeated (those in flight, and
+# those answered), however far the API server lags. Outcomes of an event whose other deliveries are
+# still running are written this long after the first of them (one write when they end together).
+FLUSH_AFTER_S = 0.05
 # Attempts one webhook may have waiting for (or holding) its own slots; a delivery beyond that leaves
 # memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
 # or hanging endpoint holds neither memory nor the watch for everyone else.
@@ -113,6 +122,8 @@ class EventJob:
     conditions: list[dict[str, Any]] = field(default_factory=list)  # as last read or written
     replay: dict[str, Any] | None = None  # status.replay: the last replay request answered
     order: OrderKey = ("", "", "")  # spec.ordering: (creationTimestamp, namespace, name)
+    unrecorded: int = 0  # attempts whose outcome is in ``deliveries`` but not yet in a written status
+    flush_due: bool = False  # a write of those outcomes is scheduled
 
     @property
     def handled(self) -> tuple[str | None, ...]:
@@ -162,6 +173,10 @@ class DeliveryEngine:
         # resourceVersion cannot tell which is older: it is opaque (API conventions).
         self._finished: OrderedDict[str, Finished] = OrderedDict()
         self._fetching: set[str] = set()  # uids whose redelivery waits for a fresh read
+        # Parked events being read again (uid -> a watch event with a redelivery request that came
+        # meanwhile). Other watch events of them are older than that read, e.g. the late echo of an
+        # intermediate status write: resuming from one would repeat deliveries recorded since.
+        self._reading: dict[str, dict[str, Any] | None] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.retention = Retention(
             ttl_s=settings.event_ttl_s,
@@ -181,6 +196,9 @@ class DeliveryEngine:
         self._recording = asyncio.Event()
         self._recording.set()
         self.status_writes = 0
+        self._unrecorded = 0  # attempts answered, outcome not yet written (see FLUSH_AFTER_S)
+        self.max_unrecorded = settings.max_concurrency
+        self._room_to_record = asyncio.Event()
         # spec.ordering: open deliveries per webhook, in event creation order. Ordered deliveries wait
         # until the first full list of events is in (set by the runtime), so that the order after a
         # restart is rebuilt from every recorded event, not from the first page.
@@ -189,6 +207,7 @@ class DeliveryEngine:
         self._order_moved: dict[WebhookKey, asyncio.Event] = {}
         # spec.rateLimit: one bucket per webhook (uid included: a recreated webhook starts full).
         self._buckets: dict[WebhookKey, tuple[TokenBucket, asyncio.Lock]] = {}
+        self._token_waiters: dict[WebhookKey, int] = {}  # deliveries queued for a webhook's rate-limit turn
 
     # -- watch entry point --------------------------------------------------------------
     async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
@@ -204,6 +223,10 @@ class DeliveryEngine:
             self.retention.forget(uid)
             return
         status = body.get("status") or {}
+        if uid in self._reading:
+            if pending_request(meta, status) is not None:
+                self._reading[uid] = body  # answered once the read has resumed the event
+            return
         if uid in self._parked:
             # Read again when due; only a new redelivery (or replay) request wakes it now (the echo of
             # our own last write, or a relist, changes nothing).
@@ -366,12 +389,15 @@ class DeliveryEngine:
                 results = await asyncio.gather(*(self._deliver(job, entry) for entry in open_entries))
                 parks = [park for park in results if park is not None]
             if not job.gone:
-                await self._write(job, final=True)
+                # Before it leaves memory, the event's status holds what it waits for (a delivery waiting
+                # for a webhook to be Ready may have had no write yet).
+                await self._write(job, final=not parks)
                 if parks and not job.gone and not self._stopping.is_set():
                     self._park(job, parks)
         except Exception:
             log.exception("delivering event %s/%s failed unexpectedly", job.namespace, job.name)
         finally:
+            self._recorded(job, job.unrecorded)  # written, gone, or abandoned with the job
             self._first_round_over(job)
             self._jobs.pop(job.uid, None)
             self._remember_finished(job)
@@ -384,6 +410,7 @@ class DeliveryEngine:
         name = entry["webhook"]
         counted: WebhookState | None = None  # the webhook whose deliveries_pending counts this delivery
         ordered_as: WebhookKey | None = None  # where this delivery stands in its webhook's order
+        not_ready_since = 0.0  # monotonic time since which its webhook has been not Ready
 
         def count_pending(state: WebhookState | None) -> None:
             nonlocal counted
@@ -414,10 +441,15 @@ class DeliveryEngine:
                     self._order_gauge(ordered_as, state)
                 if ending == NOT_READY:
                     # Not Ready for now (a Secret being recreated, an API error while reconciling):
-                    # the attempt waits, and is not counted, until the webhook is Ready again.
+                    # the attempt waits, and is not counted, until the webhook is Ready again; past
+                    # park_after_s it waits outside memory (an Ordered webhook's keeps its place here).
                     self._first_round_over(job)
+                    not_ready_since = not_ready_since or time.monotonic()
+                    if time.monotonic() - not_ready_since >= self.park_after_s and not state.spec.ordered:
+                        return _Park(now().timestamp() + NOT_READY_PARK_S, entry["webhook"])
                     await asyncio.sleep(NOT_READY_RECHECK_S)
                     continue
+                not_ready_since = 0.0
                 due = parse_time(entry.get("nextAttemptTime"))
                 if due is not None:
                     delay = (due - now()).total_seconds()
@@ -444,6 +476,12 @@ class DeliveryEngine:
                 token_turn: asyncio.Lock | None = None
                 rate_waited = 0.0
                 held = self._current_bucket(state)
+                if held is not None and not state.spec.ordered:
+                    # A backlog behind the rate limit longer than park_after_s waits outside memory.
+                    wait = self._token_wait(state, held[0])
+                    if wait > self.park_after_s:
+                        park_at = now().timestamp() + wait - self.park_after_s / 2
+                        return _Park(park_at, entry["webhook"], busy=rate_key(state))
                 if held is not None:
                     # spec.rateLimit: wait for a token outside the round (the other webhooks' results get
                     # written) holding no slot; this delivery keeps the turn until _attempt takes the token.
@@ -509,7 +547,8 @@ class DeliveryEngine:
         key = (state.namespace, state.name, state.uid)
         limit = state.spec.rate_limit
         if limit is None:
-            self._buckets.pop(key, None)
+            if self._buckets.pop(key, None) is not None and self._parked.release(rate_key(state), now().timestamp()):
+                self._parked_changed.set()  # the limit is gone: what waited for it is due now
             return None
         held = self._buckets.get(key)
         if held is None:
@@ -523,6 +562,11 @@ class DeliveryEngine:
         current = self.index.get(state.namespace, state.name)
         return self._bucket(current if current is not None and current.uid == state.uid else state)
 
+    def _token_wait(self, state: WebhookState, bucket: TokenBucket) -> float:
+        """Seconds a new delivery would wait for a token: the bucket's own delay plus the waiters ahead."""
+        waiting = self._token_waiters.get((state.namespace, state.name, state.uid), 0)
+        return bucket.delay(time.monotonic()) + waiting / bucket.limit.requests_per_second
+
     async def _wait_for_token(self, state: WebhookState, held: tuple[TokenBucket, asyncio.Lock]) -> float:
         """Take the webhook's turn (its lock) and wait, holding no slot, until its bucket has a token;
         the seconds waited, the turn included. The caller passes the turn on to ``_attempt``.
@@ -532,7 +576,23 @@ class DeliveryEngine:
         """
         started = time.monotonic()
         bucket, turn = held
-        await turn.acquire()
+        key = (state.namespace, state.name, state.uid)
+        self._token_waiters[key] = self._token_waiters.get(key, 0) + 1
+        try:
+            await turn.acquire()
+        finally:
+            left = self._token_waiters[key] - 1
+            if left:
+                self._token_waiters[key] = left
+            else:
+                del self._token_waiters[key]
+            if not self._stopping.is_set() and self._token_wait(state, bucket) < self.park_after_s / 2:
+                # The queue is short again: the longest-parked deliveries behind this limit come back.
+                for _ in range(2):
+                    woken = self._parked.pop_busy(rate_key(state))
+                    if woken is None:
+                        break
+                    self._spawn(self._wake(*woken))
         try:
             while not self._stopping.is_set():
                 now_held = self._current_bucket(state)
@@ -599,6 +659,12 @@ class DeliveryEngine:
                     await self._global.acquire(key)
                 finally:
                     self._dequeued()
+                if self._unrecorded >= self.max_unrecorded:
+                    try:
+                        await self._until_room_to_record()  # holding the slot: the next to send
+                    except BaseException:
+                        self._global.release(key)
+                        raise
                 if self._stopping.is_set():
                     self._global.release(key)
                     raise _Stopped()
@@ -616,6 +682,10 @@ class DeliveryEngine:
                     if self._live(state):
                         self.metrics.in_flight.labels(job.namespace, state.name).dec()
                     self._global.release(key)
+                # Counted until written (_recorded); the caller folds the result into the entry before
+                # anything else runs.
+                job.unrecorded += 1
+                self._unrecorded += 1
         finally:
             end_turn()
             load = self._load[key] - 1
@@ -673,6 +743,28 @@ class DeliveryEngine:
             self._first_round_over(job)
             if not job.gone:
                 await self._write(job, final=False)
+        elif job.unrecorded and not job.flush_due:
+            # Other deliveries of this event still run: record this outcome shortly, not at their end.
+            job.flush_due = True
+            self._spawn(self._flush_soon(job))
+
+    async def _flush_soon(self, job: EventJob) -> None:
+        await asyncio.sleep(FLUSH_AFTER_S)
+        job.flush_due = False
+        if job.unrecorded and not job.gone:
+            await self._write(job, final=False)
+
+    def _recorded(self, job: EventJob, count: int) -> None:
+        """``count`` of ``job``'s unrecorded outcomes are written (or will never be)."""
+        job.unrecorded -= count
+        self._unrecorded -= count
+        if self._unrecorded < self.max_unrecorded:
+            self._room_to_record.set()
+
+    async def _until_room_to_record(self) -> None:
+        while self._unrecorded >= self.max_unrecorded and not self._stopping.is_set():
+            self._room_to_record.clear()
+            await self._room_to_record.wait()
 
     async def _write(self, job: EventJob, *, final: bool) -> None:
         """Write the job's status; a transient API error is retried until it is written or the event is gone."""
@@ -684,7 +776,9 @@ class DeliveryEngine:
                 if final and phase not in FINAL_PHASES:
                     return
                 status = self._status(job, phase)
+                pending = job.unrecorded  # outcomes this status carries
                 if job.written == status:
+                    self._recorded(job, pending)
                     break
                 slow = asyncio.get_running_loop().call_later(WRITE_SLOW_S, self._recording.clear)
                 try:
@@ -693,9 +787,11 @@ class DeliveryEngine:
                     if isinstance(exc, ApiError) and exc.status == 404:
                         self._recording.set()
                         job.gone = True
+                        self._recorded(job, job.unrecorded)
                         return
                     if not is_transient(exc):
                         self._recording.set()
+                        self._recorded(job, job.unrecorded)
                         log.error("status of %s/%s not written: %s", job.namespace, job.name, exc)
                         return
                     self._recording.clear()
@@ -711,6 +807,7 @@ class DeliveryEngine:
                     slow.cancel()
                 self.status_writes += 1
                 self._recording.set()
+                self._recorded(job, pending)
                 job.written = {**status, "deliveries": [dict(d) for d in job.deliveries]}
                 job.conditions = status["conditions"]
                 break
@@ -788,6 +885,7 @@ class DeliveryEngine:
     async def _wake(self, uid: str, parked: Parked, *, acquired: bool = False) -> None:
         """Read a parked event and hand it to on_event as the watch would: it resumes from its status."""
         self._uncount(parked)
+        self._reading[uid] = None
         try:
             body = await with_retries(
                 lambda: self.kube.get(event_path(parked.namespace, parked.name)),
@@ -808,10 +906,13 @@ class DeliveryEngine:
                 self._parked_changed.set()
             return
         finally:
+            requested = self._reading.pop(uid, None)  # after a failed read, the next read sees the request
             if acquired:
                 self._waking.release()
         if body is not None and (body.get("metadata") or {}).get("uid") == uid:
             await self.on_event("MODIFIED", body)
+        if requested is not None:
+            await self.on_event("MODIFIED", requested)
 
     # -- test payloads ------------------------------------------------------------------
     async def send_test(self, state: WebhookState, pattern: str) -> dict[str, Any]:
@@ -898,6 +999,7 @@ class DeliveryEngine:
         """
         self._stopping.set()
         self._capacity.set()
+        self._room_to_record.set()
         tasks = list(self._tasks)
         if tasks and grace_s > 0:
             log.info("waiting up to %.0fs for %d event(s) with attempts in flight", grace_s, len(self._jobs))
@@ -912,6 +1014,7 @@ class DeliveryEngine:
         """Cancel everything at once (the Lease is lost: nothing may be written any more)."""
         self._stopping.set()
         self._capacity.set()
+        self._room_to_record.set()
         tasks = list(self._tasks)
         if self._wake_task is not None:
             tasks.append(self._wake_task)
@@ -947,13 +1050,18 @@ def waiting_reason(state: WebhookState | None) -> str | None:
     return None
 
 
+def rate_key(state: WebhookState) -> tuple[str, str, str, str]:
+    """The ParkedEvents queue of deliveries waiting outside memory for ``state``'s rate limit."""
+    return ("rate-limit", state.namespace, state.name, state.uid)
+
+
 @dataclass(frozen=True)
 class _Park:
     """A delivery that waits outside memory: until ``due`` (epoch seconds), or room at webhook ``busy``."""
 
     due: float
     webhook: str
-    busy: tuple[str, str] | None = None
+    busy: Hashable | None = None
 
 
 class _Stopped(Exception):

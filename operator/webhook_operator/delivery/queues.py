@@ -116,7 +116,6 @@ class FairSlots(Generic[K]):
             future.set_result(None)
 
 
-
 @dataclass
 class Parked:
     namespace: str
@@ -193,3 +192,14 @@ class ParkedEvents:
                 return uid, self._by_uid.pop(uid)
         self._busy.pop(key, None)
         return None
+
+    def release(self, key: Hashable, due: float) -> int:
+        """Make every event parked for room at ``key`` due at ``due`` (or at its own due time, if
+        earlier); how many there were."""
+        queue = self._busy.pop(key, None) or deque()
+        count = 0
+        for token, uid in queue:
+            if self._current(token, uid):
+                heapq.heappush(self._heap, (due, token, uid))
+                count += 1
+        return count
