@@ -37,6 +37,7 @@ from webhook_operator.model import (
     format_time,
     format_time_ms,
     now,
+    now_stamp,
     parse_time,
 )
 from webhook_operator.retry import next_backoff, should_retry, status_class
@@ -716,7 +717,7 @@ class DeliveryEngine:
     @staticmethod
     def _apply(entry: dict[str, Any], result: AttemptResult, state: WebhookState) -> bool:
         """Fold one attempt into its delivery entry; True when the delivery is final."""
-        stamp = format_time(now())
+        stamp = now_stamp()
         attempts = int(entry.get("attempts") or 0) + 1
         entry["attempts"] = attempts
         entry.setdefault("firstAttemptTime", stamp)
