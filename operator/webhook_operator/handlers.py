@@ -74,4 +74,4 @@ async def webhook_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> No
 
 @kopf.on.event("", "v1", "secrets")
 async def secret_changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    await memo.runtime.webhooks.on_secret_event(dict(event["object"]))
+    await memo.runtime.webhooks.on_secret_event(dict(event["object"]), event.get("type"))

@@ -32,6 +32,8 @@ class WebhookState:
     keys: tuple[str, ...] = ()  # current signing key first, then keys still in their rotation overlap
     headers: tuple[tuple[str, str], ...] = ()  # resolved custom headers, Secret values included
     secret_refs: frozenset[str] = frozenset()  # Secrets in the namespace this webhook reads
+    # resourceVersion of each Secret as the last reconcile read it (None: missing)
+    secret_versions: dict[str, str | None] = field(default_factory=dict)
     health: HealthWindow = field(default_factory=HealthWindow)
     health_dirty: bool = False
     fingerprint: tuple[Any, ...] = ()

@@ -245,11 +245,15 @@ class KubeClient:
                 return None
             raise
 
-    async def list_pages(self, path: str, *, page_size: int = 250) -> AsyncIterator[list[dict[str, Any]]]:
+    async def list_pages(
+        self, path: str, *, page_size: int = 250, label_selector: str | None = None
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         """A list, a page at a time, so that a large one never sits in memory whole."""
         token = ""
         while True:
             params = {"limit": str(page_size), **({"continue": token} if token else {})}
+            if label_selector:
+                params["labelSelector"] = label_selector
             page = await self.request("GET", path, params=params)
             items = page.get("items") or []
             yield items if isinstance(items, list) else []

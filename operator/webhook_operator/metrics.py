@@ -7,6 +7,7 @@ URL, a header value or a key.
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -135,16 +136,27 @@ class Metrics:
         )
         # Label sets seen per webhook, so that all of a deleted webhook's series can be removed.
         self._extra_labels: dict[Key, set[tuple[Counter, tuple[str, ...]]]] = defaultdict(set)
+        self._attempt_children: dict[tuple[str, ...], tuple[Any, Any]] = {}
+        self._final_children: dict[tuple[str, ...], Any] = {}
 
     def attempt(self, namespace: str, webhook: str, code: str, seconds: float) -> None:
-        self.attempts.labels(namespace, webhook, code).inc()
-        self._extra_labels[(namespace, webhook)].add((self.attempts, (namespace, webhook, code)))
-        self.duration.labels(namespace, webhook).observe(seconds)
+        # The series' children are kept per label set: looking them up costs more than counting.
+        labels = (namespace, webhook, code)
+        children = self._attempt_children.get(labels)
+        if children is None:
+            children = (self.attempts.labels(*labels), self.duration.labels(namespace, webhook))
+            self._attempt_children[labels] = children
+            self._extra_labels[(namespace, webhook)].add((self.attempts, labels))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def delivery_final(self, namespace: str, webhook: str, event: str, succeeded: bool) -> None:
         labels = (namespace, webhook, event, "success" if succeeded else "failure")
-        self.deliveries.labels(*labels).inc()
-        self._extra_labels[(namespace, webhook)].add((self.deliveries, labels))
+        child = self._final_children.get(labels)
+        if child is None:
+            child = self._final_children[labels] = self.deliveries.labels(*labels)
+            self._extra_labels[(namespace, webhook)].add((self.deliveries, labels))
+        child.inc()
 
     def filtered_out(self, namespace: str, webhook: str, error: bool) -> None:
         labels = (namespace, webhook, "error" if error else "false")
@@ -202,6 +214,8 @@ class Metrics:
             self._remove(metric, (namespace, webhook))
         for counter, labels in self._extra_labels.pop((namespace, webhook), set()):
             self._remove(counter, labels)
+            self._attempt_children.pop(labels, None)
+            self._final_children.pop(labels, None)
 
     @staticmethod
     def _remove(metric: Counter | Gauge | Histogram, labels: tuple[str, ...]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,6 +158,17 @@ def parse_time(value: Any) -> dt.datetime | None:
 def format_time(value: dt.datetime) -> str:
     """RFC 3339 with second precision, as Kubernetes writes times."""
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_STAMP: list[Any] = [0, ""]  # (unix second, format_time of it)
+
+
+def now_stamp() -> str:
+    """``format_time(now())``, formatted once per second: every attempt records one."""
+    second = int(time.time())
+    if _STAMP[0] != second:
+        _STAMP[:] = [second, format_time(dt.datetime.fromtimestamp(second, dt.UTC))]
+    return str(_STAMP[1])
 
 
 def format_time_ms(value: dt.datetime) -> str:

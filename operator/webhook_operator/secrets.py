@@ -5,6 +5,7 @@ Key material is returned to callers and written to Secrets only: never logged, n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from typing import Any
 
 from webhook_operator import GROUP, VERSION
 from webhook_operator.delivery.transport import TLSMaterial, TLSMaterialError, check_tls_material
-from webhook_operator.kube import ApiError, KubeClient, secret_path
+from webhook_operator.kube import ApiError, KubeClient, resource_path, secret_path
 from webhook_operator.model import (
     MANAGED_BY_LABEL,
     PREVIOUS_KEY,
@@ -26,6 +27,89 @@ from webhook_operator.model import (
     signing_secret_name,
 )
 from webhook_operator.signing import generate_signing_key, standard_webhooks_secret
+
+SecretKey = tuple[str, str]  # (namespace, name)
+
+
+class ListedSecrets:
+    """Secrets read once for many reconciles (start-up, a take-over): the signing-key Secrets from one
+    list, and any other Secret (a header or TLS Secret that webhooks share) with one GET, however
+    many reconciles ask for it at once."""
+
+    def __init__(self, bodies: dict[SecretKey, dict[str, Any]]) -> None:
+        self.bodies: dict[SecretKey, dict[str, Any] | None] = dict(bodies)
+        self._reading: dict[SecretKey, asyncio.Future[dict[str, Any] | None]] = {}
+
+    def __contains__(self, key: SecretKey) -> bool:
+        return key in self.bodies
+
+    def note(self, key: SecretKey, secret: Mapping[str, Any] | None) -> None:
+        """A Secret as one of our writes left it: a webhook reconciled again meanwhile reads it here."""
+        self.bodies[key] = None if secret is None else slim_secret(secret)
+
+    async def read(self, kube: KubeClient, key: SecretKey) -> dict[str, Any] | None:
+        if key in self.bodies:
+            return self.bodies[key]
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(kube.get(secret_path(*key)))
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        secret = await asyncio.shield(reading)
+        self.bodies[key] = None if secret is None else slim_secret(secret)
+        return self.bodies[key]
+
+
+class SecretReader:
+    """The Secrets one reconcile reads: each at most once, from ``listed`` when given, else with a
+    GET; remembers the resourceVersion it saw of each (None: missing), so that a watch event that
+    changes nothing costs nothing."""
+
+    def __init__(self, kube: KubeClient, listed: ListedSecrets | None = None) -> None:
+        self.kube = kube
+        self.listed = listed
+        self.versions: dict[str, str | None] = {}
+        self._read: dict[str, dict[str, Any] | None] = {}
+
+    async def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if name in self._read:
+            return self._read[name]
+        if self.listed is not None:
+            secret = await self.listed.read(self.kube, (namespace, name))
+        else:
+            secret = await self.kube.get(secret_path(namespace, name))
+        self.note(name, secret)
+        return secret
+
+    def note(self, name: str, secret: Mapping[str, Any] | None, *, namespace: str | None = None) -> None:
+        """What the Secret is now, after a read or (with its ``namespace``) one of our own writes."""
+        if self.listed is not None and namespace is not None:
+            self.listed.note((namespace, name), secret)
+        self._read[name] = None if secret is None else dict(secret)
+        self.versions[name] = None if secret is None else (secret.get("metadata") or {}).get("resourceVersion")
+
+
+def slim_secret(secret: Mapping[str, Any]) -> dict[str, Any]:
+    """What a reconcile reads of a Secret (no managedFields or other metadata): held for a whole load."""
+    meta = secret.get("metadata") or {}
+    kept = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "ownerReferences")
+    return {
+        "metadata": {k: meta[k] for k in kept if k in meta},
+        "type": secret.get("type"),
+        "data": secret.get("data") or {},
+    }
+
+
+async def list_signing_secrets(kube: KubeClient, namespaces: tuple[str, ...]) -> ListedSecrets:
+    """The operator's signing-key Secrets (by label) in these namespaces (none: the cluster), page by page."""
+    selector = f"{MANAGED_BY_LABEL[0]}={MANAGED_BY_LABEL[1]}"
+    bodies: dict[SecretKey, dict[str, Any]] = {}
+    for namespace in namespaces or (None,):
+        path = resource_path("secrets", namespace, group="", version="v1")
+        async for page in kube.list_pages(path, page_size=500, label_selector=selector):
+            for secret in page:
+                meta = secret.get("metadata") or {}
+                bodies[(meta.get("namespace", ""), meta.get("name", ""))] = slim_secret(secret)
+    return ListedSecrets(bodies)
 
 
 @dataclass(frozen=True)
@@ -92,17 +176,24 @@ def new_signing_secret(webhook: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def ensure_signing_keys(
-    kube: KubeClient, webhook: Mapping[str, Any], spec: WebhookSpec, now: dt.datetime, *, write: bool = True
+    kube: KubeClient | SecretReader,
+    webhook: Mapping[str, Any],
+    spec: WebhookSpec,
+    now: dt.datetime,
+    *,
+    write: bool = True,
 ) -> SigningKeys:
     """The keys to sign with, creating or repairing the operator's Secret; a Problem if it cannot.
 
     With ``write=False`` (a standby) nothing is written: what would need a write is ``deferred``.
     """
+    reader = kube if isinstance(kube, SecretReader) else SecretReader(kube)
+    kube = reader.kube
     meta = webhook["metadata"]
     namespace = meta["namespace"]
     if spec.signing_key_ref is not None:
         ref = spec.signing_key_ref
-        secret = await kube.get(secret_path(namespace, ref.name))
+        secret = await reader.get(namespace, ref.name)
         if secret is None:
             return SigningKeys(
                 ref.name,
@@ -126,7 +217,12 @@ async def ensure_signing_keys(
 
     name = signing_secret_name(meta["name"])
     path = secret_path(namespace, name)
-    secret = await kube.get(path)
+    if reader.listed is not None and (namespace, name) not in reader.listed:
+        # Not among the listed signing-key Secrets: created below (a 409 reads what is there); a
+        # standby leaves that to the leader.
+        secret = None
+    else:
+        secret = await reader.get(namespace, name)
     if secret is None and not write:
         return SigningKeys(name, deferred=True)
     if secret is None:
@@ -138,6 +234,7 @@ async def ensure_signing_keys(
             secret = await kube.get(path)  # created concurrently: judge what is there now
             if secret is None:
                 raise
+        reader.note(name, secret, namespace=namespace)
     if not owned_by(secret, meta["uid"]):
         return SigningKeys(
             name,
@@ -153,7 +250,7 @@ async def ensure_signing_keys(
         return SigningKeys(name, deferred=True)
     if not current or len(current) < 16:
         current = generate_signing_key()
-        await kube.merge_patch(path, {"data": key_data(current)})
+        reader.note(name, await kube.merge_patch(path, {"data": key_data(current)}), namespace=namespace)
     keys = [current]
     deferred = False
     previous = _decode(data, PREVIOUS_KEY)
@@ -165,10 +262,11 @@ async def ensure_signing_keys(
         elif not write:
             deferred = True
         else:
-            await kube.merge_patch(
+            patched = await kube.merge_patch(
                 path,
                 {"metadata": {"annotations": {PREVIOUS_KEY_EXPIRES_ANNOTATION: None}}, "data": {PREVIOUS_KEY: None}},
             )
+            reader.note(name, patched, namespace=namespace)
             expires = None
     return SigningKeys(
         name, keys=tuple(keys), previous_expires_at=expires if previous and not deferred else None, deferred=deferred
@@ -197,19 +295,17 @@ async def rotate_signing_key(
 
 
 async def resolve_headers(
-    kube: KubeClient, namespace: str, spec: WebhookSpec
+    kube: KubeClient | SecretReader, namespace: str, spec: WebhookSpec
 ) -> tuple[tuple[tuple[str, str], ...], Problem | None]:
     """Custom headers with Secret values filled in, or the first problem found."""
+    reader = kube if isinstance(kube, SecretReader) else SecretReader(kube)
     resolved: list[tuple[str, str]] = []
-    cache: dict[str, dict[str, Any] | None] = {}
     for index, header in enumerate(spec.headers):
         if header.secret is None:
             resolved.append((header.name, header.value or ""))
             continue
         ref = header.secret
-        if ref.name not in cache:
-            cache[ref.name] = await kube.get(secret_path(namespace, ref.name))
-        secret = cache[ref.name]
+        secret = await reader.get(namespace, ref.name)
         field = f"spec.headers[{index}] ({header.name})"
         if secret is None:
             return (), Problem(
@@ -253,18 +349,21 @@ def secret_refs(spec: WebhookSpec) -> frozenset[str]:
 TLS_SECRET_TYPE = "kubernetes.io/tls"
 
 
-async def resolve_tls(kube: KubeClient, namespace: str, spec: WebhookSpec) -> tuple[TLSMaterial | None, Problem | None]:
+async def resolve_tls(
+    kube: KubeClient | SecretReader, namespace: str, spec: WebhookSpec
+) -> tuple[TLSMaterial | None, Problem | None]:
     """The webhook's CA and client certificate from its Secrets, checked to load; or the problem.
 
     Messages name the Secret, the key and what is wrong, never the material.
     """
+    reader = kube if isinstance(kube, SecretReader) else SecretReader(kube)
     refs = spec.tls
     if refs is None:
         return None, None
     ca_pem = cert_pem = key_pem = None
     if refs.ca is not None:
         field, ref = "spec.tls.caSecretRef", refs.ca
-        secret = await kube.get(secret_path(namespace, ref.name))
+        secret = await reader.get(namespace, ref.name)
         if secret is None:
             return None, Problem(
                 "TLSSecretMissing",
@@ -284,7 +383,7 @@ async def resolve_tls(kube: KubeClient, namespace: str, spec: WebhookSpec) -> tu
             return None, Problem("TLSSecretInvalid", f"{field}: Secret {namespace}/{ref.name} key {ref.key!r}: {exc}.")
     if refs.client_cert:
         field, name = "spec.tls.clientCertSecretRef", refs.client_cert
-        secret = await kube.get(secret_path(namespace, name))
+        secret = await reader.get(namespace, name)
         if secret is None:
             return None, Problem(
                 "TLSSecretMissing",

@@ -47,8 +47,11 @@ from webhook_operator.policy import (
 )
 from webhook_operator.recorder import record
 from webhook_operator.secrets import (
+    ListedSecrets,
     Problem,
+    SecretReader,
     ensure_signing_keys,
+    list_signing_secrets,
     resolve_headers,
     resolve_tls,
     rotate_signing_key,
@@ -61,6 +64,8 @@ log = logging.getLogger(__name__)
 HEALTH_RESYNC_S = 60.0
 # Webhooks reconciled at once at start-up and take-over (each may wait on DNS and a few API calls).
 RECONCILE_CONCURRENCY = 16
+# More webhooks than this reconciled together read the signing-key Secrets from one list.
+LIST_SECRETS_FROM = 16
 
 # status.autoDisable: failingSince (first failed attempt since the last success), and while suspended
 # disabledAt, reason (Gone | FailingTooLong), message and the generation it was suspended at;
@@ -90,6 +95,9 @@ class WebhookController:
         self.is_leader: Callable[[], bool] = lambda: True
         self.resolve: Resolver = system_resolve  # the runtime shares its bounded HostResolver here
         self._deferred: set[Key] = set()  # reconciled on a standby with a write left undone
+        # While webhooks are loaded at start-up: the signing-key Secrets listed once, read from here
+        # instead of one GET per webhook (see secrets.SecretReader).
+        self.listed_secrets: ListedSecrets | None = None
 
     # -- watch entry points -------------------------------------------------------------
     async def on_event(self, type_: str | None, body: dict[str, Any]) -> None:
@@ -97,13 +105,21 @@ class WebhookController:
         if type_ == "DELETED":
             self.forget(meta.get("namespace", ""), meta.get("name", ""))
             return
+        state = self.index.get(meta.get("namespace", ""), meta.get("name", ""))
+        if state is not None and state.uid == meta.get("uid") and not state.resolving:
+            version = meta.get("resourceVersion")
+            if version is not None and version == (state.body.get("metadata") or {}).get("resourceVersion"):
+                # The very version this webhook was reconciled from or written to (the watch's first
+                # list after start-up; the event of our own status write): nothing to do.
+                return
         await self.reconcile(body)
 
-    async def on_secret_event(self, body: dict[str, Any]) -> None:
+    async def on_secret_event(self, body: dict[str, Any], type_: str | None = None) -> None:
         meta = body.get("metadata") or {}
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        seen = None if type_ == "DELETED" else (name, meta.get("resourceVersion"))
         for state in self.index.readers_of_secret(namespace, name):
-            await self.reconcile(state.body, force=True)
+            await self.reconcile(state.body, force=True, unless_read=seen)
 
     def forget(self, namespace: str, name: str) -> None:
         self._deferred.discard((namespace, name))
@@ -132,12 +148,28 @@ class WebhookController:
         bodies = [state.body for key in keys if (state := self.index.get(*key)) is not None]
         if bodies:
             log.info("reconciling %d webhook(s) with writes left undone while standing by", len(bodies))
+        if len(bodies) > LIST_SECRETS_FROM and self.listed_secrets is None:
+            # Many (a first start: no Secrets yet): one list of the signing-key Secrets, not a GET each.
+            self.listed_secrets = await list_signing_secrets(self.kube, self.settings.namespaces)
+            try:
+                await self.reconcile_all(bodies)
+            finally:
+                self.listed_secrets = None
+            return
         await self.reconcile_all(bodies)
 
-    async def reconcile(self, body: dict[str, Any], *, force: bool = False) -> None:
+    async def reconcile(
+        self, body: dict[str, Any], *, force: bool = False, unless_read: tuple[str, str | None] | None = None
+    ) -> None:
+        """``unless_read`` (Secret name, resourceVersion): nothing to do if the webhook was resolved from
+        that very version (a Secret watch's first list at start-up; the event of our own write)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         async with self._locks[key]:
+            state = self.index.get(*key)
+            if unless_read is not None and unless_read[1] is not None and state is not None:
+                if state.uid == meta["uid"] and state.secret_versions.get(unless_read[0], "") == unless_read[1]:
+                    return
             try:
                 await self._reconcile(body, force=force)
             except (ApiError, OSError) as exc:
@@ -222,16 +254,17 @@ class WebhookController:
                 # DNS can fail for a moment; the connect-time check still guards every delivery.
                 notes.append(violation.message)
 
-        headers, header_problem = await resolve_headers(self.kube, namespace, spec)
+        reader = SecretReader(self.kube, self.listed_secrets)
+        headers, header_problem = await resolve_headers(reader, namespace, spec)
         if header_problem:
             problems.append(header_problem)
-        tls, tls_problem = await resolve_tls(self.kube, namespace, spec)
+        tls, tls_problem = await resolve_tls(reader, namespace, spec)
         if tls_problem:
             problems.append(tls_problem)
         compiled, filter_problem = compiled_filter(spec, state.filter)
         if filter_problem:
             problems.append(filter_problem)
-        keys = await ensure_signing_keys(self.kube, body, spec, current, write=leading)
+        keys = await ensure_signing_keys(reader, body, spec, current, write=leading)
         if keys.problem:
             problems.append(keys.problem)
         deferred = keys.deferred
@@ -243,7 +276,9 @@ class WebhookController:
         elif requested and requested != rotation.get("requestedAt"):
             rotation = await self._rotate(body, spec.signing_key_ref is not None, keys.problem, requested)
             if "rotatedAt" in rotation:
-                keys = await ensure_signing_keys(self.kube, body, spec, now())
+                fresh = SecretReader(self.kube)
+                keys = await ensure_signing_keys(fresh, body, spec, now())
+                reader.versions.update(fresh.versions)
 
         generation = int(meta.get("generation") or 0)
         resumed: str | None = None
@@ -267,6 +302,7 @@ class WebhookController:
         state.headers = headers
         state.keys = keys.keys
         state.secret_refs = secret_refs(spec) | {signing_secret_name(name)}
+        state.secret_versions = reader.versions
         state.ready = not problems
         state.resolving = False
         state.fingerprint = fingerprint

@@ -263,6 +263,8 @@ class Watch:
     path: str
     done: Callable[[dict[str, Any]], bool]
     label_selector: str | None = None
+    # Called with (type, object) for every notification, before ``done`` (the pipeline baseline's worker).
+    on_object: Callable[[str, dict[str, Any]], None] | None = None
     done_at: dict[str, float] = field(default_factory=dict)
     seen_at: dict[str, float] = field(default_factory=dict)  # when each object first showed on the watch
     target: int = 0
@@ -302,6 +304,8 @@ class Watch:
                         version = obj.get("metadata", {}).get("resourceVersion", version)
                         name = obj.get("metadata", {}).get("name", "")
                         self.seen_at.setdefault(name, time.time())
+                        if self.on_object is not None:
+                            self.on_object(item.get("type", ""), obj)
                         if item.get("type") in ("ADDED", "MODIFIED") and name not in self.done_at and self.done(obj):
                             self.done_at[name] = time.time()
                             if self.target and len(self.done_at) >= self.target:
@@ -365,8 +369,10 @@ class Operator:
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.rss: RssSampler | None = None  # from the first moment, with ``start(sample_rss=True)``
+        self.launched_at = 0.0
 
-    def start(self, timeout: float = 120.0) -> Operator:
+    def start(self, timeout: float = 120.0, *, sample_rss: bool = False) -> Operator:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         runner = ["-m"]
         if self.profile_path is not None:
@@ -386,7 +392,10 @@ class Operator:
         ]
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
+            self.launched_at = time.time()
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        if sample_rss:
+            self.rss = RssSampler(self.proc.pid).__enter__()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -396,12 +405,21 @@ class Operator:
             time.sleep(0.1)
         raise RuntimeError(f"operator not ready after {timeout}s; see {self.log_path}")
 
-    def _healthy(self) -> bool:
+    def _healthy(self, probe: str = "healthz") -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/{probe}", timeout=1) as resp:
                 return bool(resp.status == 200)
         except OSError:
             return False
+
+    async def wait_ready(self, within_s: float) -> float | None:
+        """Wall time at which ``/readyz`` first answered 200 (webhooks loaded, event watch listed), or None."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            if await asyncio.to_thread(self._healthy, "readyz"):
+                return time.time()
+            await asyncio.sleep(0.1)
+        return None
 
     @property
     def pid(self) -> int:
@@ -409,6 +427,8 @@ class Operator:
         return self.proc.pid
 
     def stop(self, timeout: float = 60.0) -> None:
+        if self.rss is not None:
+            self.rss.__exit__()
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

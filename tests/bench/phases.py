@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 import uuid
@@ -32,14 +33,15 @@ from tests.bench.harness import (
     webhooks_path,
 )
 from tests.bench.receiver import ReceiverProcess
-from webhook_operator.delivery.attempt import send
+from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import make_client
 from webhook_operator.index import WebhookState
-from webhook_operator.model import parse_webhook_spec
+from webhook_operator.model import format_time, parse_webhook_spec
 from webhook_operator.policy import DestinationPolicy, parse_url
 from webhook_operator.runtime import USER_AGENT
 from webhook_operator.signing import build_body, format_created_at, generate_signing_key, message_id
+from webhook_operator.status import delivered_summary, event_conditions, event_phase
 
 EVENT = "Bench.Event"  # every bench webhook subscribes to it
 PACED_EVENT = "Paced.Event"  # only the first ``paced_webhooks`` subscribe to it
@@ -62,6 +64,8 @@ class Params:
     scale_webhooks: int
     scale_events: int
     scale_drain_s: float
+    many_sizes: tuple[int, ...]  # webhooks in the many-webhooks runs, 100 to a namespace
+    many_events: int
     soak_deliveries: tuple[int, ...]
     soak_webhooks: int
     workdir: Path
@@ -76,6 +80,8 @@ class Context:
     receiver: ReceiverProcess
     http: httpx.AsyncClient  # for the receiver's stats
     plane_pids: dict[str, int]  # etcd, kube-apiserver, kube-controller-manager
+    # The status the operator wrote to one end-to-end event: what the pipeline baseline writes.
+    status_template: dict[str, Any] | None = None
 
     def cpu_meter(self, operator: Operator | None = None) -> CpuMeter:
         pids = {**self.plane_pids, "receiver": self.receiver.pid, "benchmark": os.getpid()}
@@ -223,6 +229,87 @@ async def raw_post_rate(ctx: Context, count: int, *, client_kind: str = "httpx")
     }
 
 
+# -- 1b. the pipeline baseline: an event's API work without the operator -----------------------------
+def synthetic_status(webhooks: int) -> dict[str, Any]:
+    """A final status with one delivery entry per webhook, built by the operator's own functions
+    (used when no end-to-end run wrote a real one to copy)."""
+    entries: list[dict[str, Any]] = []
+    spec = parse_webhook_spec({"url": "https://127.0.0.1/w", "events": ["*"]})
+    state = WebhookState(namespace="bench", name="wh", uid=str(uuid.uuid4()), generation=1, spec=spec, body={})
+    for i in range(webhooks):
+        entry: dict[str, Any] = {"webhook": f"wh-{i}", "id": message_id(str(uuid.uuid4()), state.uid), "attempts": 0}
+        DeliveryEngine._apply(entry, AttemptResult(200, None, "", 0.004, "ok", None), state)
+        entries.append(entry)
+    phase = event_phase(entries)
+    delivered = delivered_summary(entries)
+    return {
+        "phase": phase,
+        "deliveries": entries,
+        "delivered": delivered,
+        "completionTime": format_time(time_now()),
+        "observedGeneration": 1,
+        "conditions": event_conditions([], phase=phase, delivered=delivered, generation=1, now=time_now()),
+    }
+
+
+async def pipeline(ctx: Context) -> dict[str, Any]:
+    """The physical limit of the CR-mode design: a raw client does exactly an event's API work —
+    create it, see it on a watch of the namespace, write one final status the size of the operator's
+    (ten delivery entries), seen final on the completion watch — as fast as it can, no operator."""
+    p = ctx.params
+    namespace = "bench-pipeline"
+    label = "pipeline"
+    await ctx.api.ensure_namespace(namespace)
+    await ctx.api.delete_events(namespace)
+    template = ctx.status_template or synthetic_status(p.webhooks)
+    path = events_path(namespace)
+    writes: set[asyncio.Task[Any]] = set()
+    errors = 0
+    slots = asyncio.Semaphore(p.concurrency)  # the operator's writes are bounded too
+
+    async def write(name: str) -> None:
+        nonlocal errors
+        async with slots:
+            status, _ = await ctx.api.raw(
+                "PATCH", f"{path}/{name}/status", {"status": template}, "application/merge-patch+json"
+            )
+        if status >= 300:
+            errors += 1
+
+    def on_object(kind: str, obj: dict[str, Any]) -> None:
+        if kind == "ADDED" and not obj.get("status"):
+            task = asyncio.create_task(write(obj["metadata"]["name"]))
+            writes.add(task)
+            task.add_done_callback(writes.discard)
+
+    # The operator's watch: the whole namespace; the benchmark's own completion watch: by label, as in e2e.
+    worker = await Watch(ctx.api, path, lambda _: False, on_object=on_object).start()
+    done = await Watch(ctx.api, path, event_final, label_selector=f"bench-run={label}").start()
+    meter = ctx.cpu_meter()
+    try:
+        meter.start()
+        began, _ = await create_events(ctx, namespace, label, p.events, lambda _: EVENT)
+        complete = await done.wait(p.events, within_s=max(120.0, p.events * 0.2))
+        finished = max(done.done_at.values(), default=time.time())
+        meter.stop()
+    finally:
+        await worker.stop()
+        await done.stop()
+        await asyncio.gather(*writes, return_exceptions=True)
+    took = finished - began
+    rate = len(done.done_at) / took
+    await ctx.api.delete_events(namespace)
+    return {
+        "pipeline_rate": rate,
+        "pipeline_complete": complete,
+        "pipeline_write_errors": errors,
+        "pipeline_status_bytes": len(json.dumps({"status": template}, separators=(",", ":"))),
+        "pipeline_status_from": "e2e" if ctx.status_template else "synthetic",
+        "pipeline_cpu_cores": meter.shares,
+        "apiserver_cpu_ms_per_pipeline_event": meter.shares.get("kube-apiserver", 0.0) * took / p.events * 1000,
+    }
+
+
 # -- 4. the engine in-process --------------------------------------------------------------
 async def engine(ctx: Context) -> dict[str, Any]:
     """Deliveries/s of sign + POST + record (``send`` + ``DeliveryEngine._apply``) against raw POST loops."""
@@ -353,8 +440,13 @@ async def end_to_end(ctx: Context, operator: Operator, namespace: str) -> dict[s
     finally:
         await watch.stop()
     stats = await ctx.receiver.stats(ctx.http, latencies=True)
+    sample = await ctx.api.request("GET", f"{events_path(namespace)}/{label}-0")
+    if sample.get("status"):
+        ctx.status_template = sample["status"]
     deliveries = p.events * p.webhooks
     took = finished - began
+    # The whole stack's CPU per delivery: the operator, the API server and etcd (not the generator or receiver).
+    stack_cores = sum(meter.shares.get(k, 0.0) for k in ("operator", "kube-apiserver", "etcd"))
     requests, breakdown = operator_requests(request_delta(before, after))
     return {
         "e2e_complete": complete,
@@ -368,6 +460,7 @@ async def end_to_end(ctx: Context, operator: Operator, namespace: str) -> dict[s
         "api_requests_per_event": requests / p.events,
         "api_requests_breakdown": breakdown,
         "cpu_s_per_1k_deliveries": (cpu_after - cpu_before) / deliveries * 1000,
+        "stack_cpu_s_per_1k_deliveries": stack_cores * took / deliveries * 1000,
         "operator_cpu_share": (cpu_after - cpu_before) / took,
         "e2e_cpu_cores": meter.shares,
         "apiserver_cpu_ms_per_event": meter.shares.get("kube-apiserver", 0.0) * took / p.events * 1000,
@@ -375,11 +468,21 @@ async def end_to_end(ctx: Context, operator: Operator, namespace: str) -> dict[s
     }
 
 
-async def paced(ctx: Context, operator: Operator, namespace: str) -> dict[str, Any]:
-    """Events at a fixed rate: latency from creation to receipt when the operator is not saturated."""
-    p = ctx.params
-    label = "paced"
-    count = max(1, round(p.paced_rate * p.paced_seconds))
+async def paced(
+    ctx: Context,
+    operator: Operator,
+    namespace: str,
+    *,
+    rate: float,
+    seconds: float,
+    event: str = PACED_EVENT,
+    webhooks: int,
+    prefix: str = "paced",
+) -> dict[str, Any]:
+    """Events at a fixed rate: latency from creation to receipt when the operator is not saturated,
+    beside the API server's own share (creation to the event's first watch notification)."""
+    label = prefix
+    count = max(1, round(rate * seconds))
     watch = await Watch(ctx.api, events_path(namespace), event_final, label_selector=f"bench-run={label}").start()
     await ctx.receiver.reset(ctx.http)
     errors = 0
@@ -389,11 +492,11 @@ async def paced(ctx: Context, operator: Operator, namespace: str) -> dict[str, A
 
     async def one(i: int) -> None:
         nonlocal errors
-        body = event_body(f"{label}-{i}", PACED_EVENT, label, i, ctx.pad)
+        body = event_body(f"{label}-{i}", event, label, i, ctx.pad)
         created_at[body["metadata"]["name"]] = body["spec"]["data"]["t"] / 1e6
         try:
             await ctx.api.create(path, body)
-        except (RuntimeError, aiohttp.ClientError):
+        except (RuntimeError, aiohttp.ClientError, TimeoutError):  # an API server past its limit times out
             errors += 1
 
     meter = ctx.cpu_meter(operator)
@@ -401,7 +504,7 @@ async def paced(ctx: Context, operator: Operator, namespace: str) -> dict[str, A
     began = time.monotonic()
     try:
         for i in range(count):
-            delay = began + i / p.paced_rate - time.monotonic()
+            delay = began + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             task = asyncio.create_task(one(i))
@@ -417,16 +520,16 @@ async def paced(ctx: Context, operator: Operator, namespace: str) -> dict[str, A
     # When each event first showed on the watch: the API server's share of the latency.
     watch_lag = [(at - created_at[name]) * 1000 for name, at in watch.seen_at.items() if name in created_at]
     return {
-        "paced_watch_p50_ms": percentile(watch_lag, 50),
-        "paced_watch_p99_ms": percentile(watch_lag, 99),
-        "paced_cpu_cores": meter.shares,
-        "paced_events": count,
-        "paced_webhooks": p.paced_webhooks,
-        "paced_rate_achieved": count / sent_for,
-        "paced_complete": complete,
-        "paced_create_errors": errors,
-        "paced_received": stats.count,
-        **latency_figures("paced", stats.latencies_ms),
+        f"{prefix}_watch_p50_ms": percentile(watch_lag, 50),
+        f"{prefix}_watch_p99_ms": percentile(watch_lag, 99),
+        f"{prefix}_cpu_cores": meter.shares,
+        f"{prefix}_events": count,
+        f"{prefix}_webhooks": webhooks,
+        f"{prefix}_rate_achieved": count / sent_for,
+        f"{prefix}_complete": complete,
+        f"{prefix}_create_errors": errors,
+        f"{prefix}_received": stats.count,
+        **latency_figures(prefix, stats.latencies_ms),
     }
 
 
@@ -570,3 +673,134 @@ async def settle(pid: int, *, idle_share: float = 0.05, limit_s: float = 90.0) -
         current = cpu_seconds(pid)
         quiet = quiet + 1 if current - last < idle_share else 0
         last = current
+
+
+# -- 6. many webhooks in one pod ----------------------------------------------------------------------
+SCALE_NAMESPACES_PREFIX = "bench-many-"
+WEBHOOKS_PER_NAMESPACE = 100
+
+
+def many_namespaces(webhooks: int) -> list[str]:
+    return [f"{SCALE_NAMESPACES_PREFIX}{k}" for k in range(-(-webhooks // WEBHOOKS_PER_NAMESPACE))]
+
+
+async def create_many_webhooks(ctx: Context, first: int, last: int) -> None:
+    """Webhooks ``first``..``last - 1``, 100 to a namespace, each subscribed to its own event type."""
+    for namespace in many_namespaces(last)[first // WEBHOOKS_PER_NAMESPACE :]:
+        await ctx.api.ensure_namespace(namespace)
+
+    async def one(i: int) -> None:
+        namespace = f"{SCALE_NAMESPACES_PREFIX}{(first + i) // WEBHOOKS_PER_NAMESPACE}"
+        n = first + i
+        await ctx.api.create(
+            webhooks_path(namespace), webhook_body(f"many-{n}", ctx.receiver.url(f"/m/{n}"), [f"Many.W{n}"])
+        )
+
+    await run_bounded(last - first, ctx.params.concurrency, one)
+
+
+async def not_ready(ctx: Context, path: str) -> tuple[int, set[str]]:
+    """How many Webhooks there are under ``path``, and the names of those not Ready (listed page by page)."""
+    total = 0
+    names: set[str] = set()
+    token = ""
+    while True:
+        page = await ctx.api.request("GET", path, limit="500", **({"continue": token} if token else {}))
+        for item in page.get("items") or []:
+            total += 1
+            if not webhook_ready(item):
+                names.add(item["metadata"]["name"])
+        token = (page.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return total, names
+
+
+async def many_webhooks(
+    ctx: Context, make_operator: Callable[[], Operator], size: int, *, created: int, events: int, prefix: str
+) -> dict[str, Any]:
+    """``size`` Webhooks in ``size / 100`` namespaces, one operator for the whole cluster.
+
+    The webhooks beyond ``created`` are made while no operator runs; then the operator starts (the
+    ``_first`` figures: it makes their Secrets and writes their status): the seconds until it is
+    ready (every webhook loaded, the event watch listed) and every webhook is Ready, the API
+    requests that start-up cost, and its peak RSS while events flow to webhooks all over the
+    cluster. Then it restarts, as after an upgrade or a crash: the unprefixed ``_ready_s`` and
+    ``_startup_api_requests`` are that restart's.
+    """
+    p = ctx.params
+    await create_many_webhooks(ctx, created, size)
+    all_webhooks = f"/apis/{API_VERSION}/webhooks"
+    figures: dict[str, Any] = {f"{prefix}_webhooks": size, f"{prefix}_namespaces": len(many_namespaces(size))}
+
+    async def start(kind: str) -> Operator:
+        _, pending = await not_ready(ctx, all_webhooks)
+        watch = await Watch(ctx.api, all_webhooks, webhook_ready).start()
+        try:
+            before = await ctx.api.request_counts()
+            operator = make_operator()
+            await asyncio.to_thread(operator.start, 300.0, sample_rss=True)
+            ready_at = await operator.wait_ready(120.0)
+            if ready_at is None:
+                raise RuntimeError(f"{prefix}: operator not ready within 120s")
+            deadline = time.monotonic() + 120
+            for _ in range(10_000):  # checks the watch's record, no request
+                if pending <= watch.done_at.keys() or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            all_ready_at = max((watch.done_at.get(name, time.time()) for name in pending), default=ready_at)
+            requests, breakdown = operator_requests(request_delta(before, await ctx.api.request_counts()))
+        finally:
+            await watch.stop()
+        figures[f"{prefix}{kind}_ready_s"] = max(ready_at, all_ready_at) - operator.launched_at
+        figures[f"{prefix}{kind}_operator_ready_s"] = ready_at - operator.launched_at
+        figures[f"{prefix}{kind}_webhooks_not_ready"] = len(pending - watch.done_at.keys())
+        figures[f"{prefix}{kind}_startup_api_requests"] = requests
+        figures[f"{prefix}{kind}_startup_api_breakdown"] = breakdown
+        figures[f"{prefix}{kind}_rss_mb_loaded"] = rss_mb(operator.pid)
+        return operator
+
+    operator = await start("_first")
+    try:
+        # Events flowing to webhooks all over the cluster, each to one of them.
+        label = f"{prefix}-events"
+        namespaces = many_namespaces(size)
+        watch = await Watch(
+            ctx.api, f"/apis/{API_VERSION}/webhookevents", event_final, label_selector=f"bench-run={label}"
+        ).start()
+        try:
+
+            async def one(j: int) -> None:
+                n = (j * 7919) % size  # spread over every namespace
+                namespace = namespaces[n // WEBHOOKS_PER_NAMESPACE]
+                await ctx.api.create(
+                    events_path(namespace), event_body(f"{label}-{j}", f"Many.W{n}", label, j, ctx.pad)
+                )
+
+            began = time.time()
+            await run_bounded(events, p.concurrency, one)
+            complete = await watch.wait(events, within_s=max(60.0, events * 0.05))
+            took = max(watch.done_at.values(), default=time.time()) - began
+        finally:
+            await watch.stop()
+        assert operator.rss is not None
+        figures[f"{prefix}_rss_mb_peak"] = operator.rss.peak
+        figures[f"{prefix}_rss_mb_end"] = rss_mb(operator.pid)
+        figures[f"{prefix}_events_complete"] = complete
+        figures[f"{prefix}_events_per_s"] = len(watch.done_at) / took
+    finally:
+        operator.stop()
+    operator = await start("")  # a restart: every Webhook and its Secret exist, as after an upgrade or a crash
+    operator.stop()
+    return figures
+
+
+async def clear_many(ctx: Context, size: int) -> None:
+    """Remove what an earlier run left in the many-webhooks namespaces (the namespaces stay), ten at a time."""
+    namespaces = many_namespaces(size)
+
+    async def one(i: int) -> None:
+        status, _ = await ctx.api.raw("GET", f"/api/v1/namespaces/{namespaces[i]}")
+        if status == 200:
+            await ctx.api.clear_namespace(namespaces[i])
+
+    await run_bounded(len(namespaces), 10, one)

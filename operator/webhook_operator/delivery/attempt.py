@@ -56,11 +56,12 @@ async def send(
     error = "" if is_success(code) else f"HTTP {code}"
     if 300 <= code < 400:
         error = f"HTTP {code} (redirects are not followed)"
+    retry_after = response.headers.get("retry-after")
     return AttemptResult(
         status_code=code,
         failure=None,
         error=error,
         duration_s=duration,
         response_body=response.body.decode("utf-8", errors="replace"),
-        retry_after=parse_retry_after(response.headers.get("retry-after"), now()),
+        retry_after=None if retry_after is None else parse_retry_after(retry_after, now()),
     )

@@ -37,6 +37,7 @@ from webhook_operator.model import (
     format_time,
     format_time_ms,
     now,
+    now_stamp,
     parse_time,
 )
 from webhook_operator.retry import next_backoff, should_retry, status_class
@@ -75,9 +76,11 @@ WRITE_SLOW_S = 2.0
 # Attempts answered but not yet written to their event's status are what a killed leader (or one
 # that lost its Lease) leaves for the next one to repeat: no attempt starts while --max-concurrency of
 # them wait for their write, so at most 2 x --max-concurrency are ever repeated (those in flight, and
-# those answered), however far the API server lags. Outcomes of an event whose other deliveries are
-# still running are written this long after the first of them (one write when they end together).
-FLUSH_AFTER_S = 0.05
+# those answered), however far the API server lags. An event's outcomes are written together when its
+# round of attempts ends; those of a round still running go out FLUSH_AFTER_S after the first of them,
+# or at once while half the budget is used (one write per event in the usual case, as each write
+# costs the API server several creates).
+FLUSH_AFTER_S = 1.0
 # Attempts one webhook may have waiting for (or holding) its own slots; a delivery beyond that leaves
 # memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
 # or hanging endpoint holds neither memory nor the watch for everyone else.
@@ -198,6 +201,7 @@ class DeliveryEngine:
         self._unrecorded = 0  # attempts answered, outcome not yet written (see FLUSH_AFTER_S)
         self.max_unrecorded = settings.max_concurrency
         self._room_to_record = asyncio.Event()
+        self._flush_now = asyncio.Event()  # set while half the budget is used
         # spec.ordering: open deliveries per webhook, in event creation order. Ordered deliveries wait
         # until the first full list of events is in (set by the runtime), so that the order after a
         # restart is rebuilt from every recorded event, not from the first page.
@@ -685,6 +689,8 @@ class DeliveryEngine:
                 # anything else runs.
                 job.unrecorded += 1
                 self._unrecorded += 1
+                if self._unrecorded >= self.max_unrecorded // 2:
+                    self._flush_now.set()  # rounds still running write what they have now
         finally:
             end_turn()
             load = self._load[key] - 1
@@ -711,7 +717,7 @@ class DeliveryEngine:
     @staticmethod
     def _apply(entry: dict[str, Any], result: AttemptResult, state: WebhookState) -> bool:
         """Fold one attempt into its delivery entry; True when the delivery is final."""
-        stamp = format_time(now())
+        stamp = now_stamp()
         attempts = int(entry.get("attempts") or 0) + 1
         entry["attempts"] = attempts
         entry.setdefault("firstAttemptTime", stamp)
@@ -748,7 +754,8 @@ class DeliveryEngine:
             self._spawn(self._flush_soon(job))
 
     async def _flush_soon(self, job: EventJob) -> None:
-        await asyncio.sleep(FLUSH_AFTER_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flush_now.wait(), FLUSH_AFTER_S)
         job.flush_due = False
         if job.unrecorded and not job.gone:
             await self._write(job, final=False)
@@ -759,6 +766,8 @@ class DeliveryEngine:
         self._unrecorded -= count
         if self._unrecorded < self.max_unrecorded:
             self._room_to_record.set()
+        if self._unrecorded < self.max_unrecorded // 2:
+            self._flush_now.clear()
 
     async def _until_room_to_record(self) -> None:
         while self._unrecorded >= self.max_unrecorded and not self._stopping.is_set():

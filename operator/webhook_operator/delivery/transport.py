@@ -208,6 +208,7 @@ class DeliveryClient:
         self._closing: set[asyncio.Task[None]] = set()
         self._tls_building: dict[str, asyncio.Future[ssl.SSLContext]] = {}
         self._targets: dict[str, URL | BlockedDestinationError] = {}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # one per distinct spec.retry.timeoutSeconds
 
     def _new_session(self, ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -301,16 +302,20 @@ class DeliveryClient:
         self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], timeout_s: float
     ) -> DeliveryResponse:
         target = await self._target(url)
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        timeout = self._timeouts.get(timeout_s)
+        if timeout is None:
+            timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with session.post(target, data=body, headers=headers, allow_redirects=False, timeout=timeout) as resp:
-                chunks = bytearray()
-                while len(chunks) < RESPONSE_BODY_LIMIT:
-                    chunk = await resp.content.read(RESPONSE_BODY_LIMIT - len(chunks))
+                content = resp.content
+                data = await content.read(RESPONSE_BODY_LIMIT)
+                # A short body has usually all arrived with the head: no second read just to see the end.
+                while data and len(data) < RESPONSE_BODY_LIMIT and not content.at_eof():
+                    chunk = await content.read(RESPONSE_BODY_LIMIT - len(data))
                     if not chunk:
                         break
-                    chunks += chunk
-                return DeliveryResponse(resp.status, resp.headers, bytes(chunks))
+                    data += chunk
+                return DeliveryResponse(resp.status, resp.headers, data)
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise DeliveryTimeout(f"timeout after {timeout_s:g}s") from None
         except aiohttp.ClientConnectorCertificateError as exc:
