@@ -42,6 +42,7 @@ dev: install
 
 lint:
 	$(PYTHON) -m ruff check operator tests
+	$(PYTHON) -m ruff format --check operator tests
 	$(PYTHON) -m mypy
 
 unit:

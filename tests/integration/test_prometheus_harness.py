@@ -46,7 +46,9 @@ class Exporter:
 def _register_metrics(registry: CollectorRegistry) -> tuple[Counter, Counter, Histogram]:
     labels = ["namespace", "webhook"]
     deliveries = Counter(
-        "webhook_operator_deliveries", "Deliveries, counted once when final", [*labels, "event", "outcome"],
+        "webhook_operator_deliveries",
+        "Deliveries, counted once when final",
+        [*labels, "event", "outcome"],
         registry=registry,
     )
     attempts = Counter(

@@ -153,8 +153,10 @@ def test_the_per_namespace_cap_deletes_the_oldest_completed_events_and_never_one
     # The oldest event of all, still being delivered: it is not completed, so the cap never takes it.
     in_flight = create(kubectl, namespace, event_manifest("Order.Shipped"))
     wait_until(
-        lambda: (get_or_none(kubectl, namespace, f"webhookevent/{in_flight}") or {}).get("status", {}).get("phase")
-        == "Delivering",
+        lambda: (
+            (get_or_none(kubectl, namespace, f"webhookevent/{in_flight}") or {}).get("status", {}).get("phase")
+            == "Delivering"
+        ),
         what="the 503 event to wait for its retry",
     )
 

@@ -20,7 +20,7 @@ from webhook_operator.kube import ApiError, Credentials, KubeClient
         (ApiError(429, "TooManyRequests", "storage is (re)initializing"), True),
         (ApiError(408, "Timeout", ""), True),
         (ApiError(409, "Conflict", "the object has been modified"), True),
-        (ApiError(409, "AlreadyExists", "secrets \"x\" already exists"), False),
+        (ApiError(409, "AlreadyExists", 'secrets "x" already exists'), False),
         (ApiError(400, "BadRequest", ""), False),
         (ApiError(403, "Forbidden", ""), False),
         (ApiError(404, "NotFound", ""), False),

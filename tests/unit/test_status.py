@@ -197,9 +197,7 @@ def test_event_conditions_replace_the_delivering_ones_and_keep_unchanged_transit
 
 
 def test_a_rejected_webhook_is_stalled_beside_not_ready() -> None:
-    conditions = webhook_conditions(
-        None, ready=("False", "InvalidURL", "spec.url is not a URL"), generation=2, now=NOW
-    )
+    conditions = webhook_conditions(None, ready=("False", "InvalidURL", "spec.url is not a URL"), generation=2, now=NOW)
 
     assert types_and_statuses(conditions) == [("Ready", "False"), ("Stalled", "True")]
     assert conditions[1]["reason"] == "InvalidURL" and conditions[1]["message"] == "spec.url is not a URL"
