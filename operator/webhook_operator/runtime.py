@@ -16,7 +16,7 @@ from webhook_operator.delivery.engine import DeliveryEngine
 from webhook_operator.delivery.transport import DeliveryClient, make_client
 from webhook_operator.dns import HostResolver
 from webhook_operator.index import WebhookIndex
-from webhook_operator.kube import KubeClient, load_credentials, resource_path
+from webhook_operator.kube import ApiError, KubeClient, load_credentials, resource_path
 from webhook_operator.leader import ElectionConfig, LeaderElector, holder_identity
 from webhook_operator.metrics import Metrics
 from webhook_operator.probes import Facts, api_check_loop
@@ -278,8 +278,15 @@ async def load_webhooks(runtime: Runtime, namespace: str | None) -> None:
     path = resource_path("webhooks", namespace)
 
     async def load() -> None:
-        # The signing-key Secrets in one list, not a GET per webhook (1,000 webhooks: 1,000 GETs).
-        runtime.webhooks.listed_secrets = await list_signing_secrets(runtime.kube, (namespace,) if namespace else ())
+        # The signing-key Secrets in one list, not a GET per webhook (1,000 webhooks: 1,000 GETs). Should
+        # the list fail, each webhook reads its own: a Secret it cannot read leaves it resolving, not gone.
+        try:
+            runtime.webhooks.listed_secrets = await list_signing_secrets(
+                runtime.kube, (namespace,) if namespace else ()
+            )
+        except (ApiError, OSError) as exc:
+            log.warning("listing the signing-key Secrets failed (%s); each webhook reads its own", exc)
+            runtime.webhooks.listed_secrets = None
         try:
             async for page in runtime.kube.list_pages(path):
                 for body in page:

@@ -91,7 +91,8 @@ def test_a_503_reading_a_secret_at_startup_keeps_the_webhook_and_its_pending_ret
     wait_until(lambda: phase(kubectl, namespace, retrying) == "Delivering", what="the first attempt to fail")
     first.kill()
 
-    secret_reads = proxy.add(Fault("GET", rf"/api/v1/namespaces/{namespace}/secrets/[^/]+", status=503))
+    # Reads of Secrets, one by one or the start-up list of the signing keys.
+    secret_reads = proxy.add(Fault("GET", rf"/api/v1/namespaces/{namespace}/secrets(/[^/]+)?", status=503))
     start_through(proxy, operators, namespace, ca_bundle, tmp_path)
     wait_until(lambda: secret_reads.hits >= 2, what="the reconcile to meet 503s", timeout=15)
     created = create(kubectl, namespace, event_manifest("User.Created", {"n": 2}))

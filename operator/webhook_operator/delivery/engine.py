@@ -74,13 +74,12 @@ PARK_AFTER_S = 5.0
 # as a failing one does, until a write goes through.
 WRITE_SLOW_S = 2.0
 # Attempts answered but not yet written to their event's status are what a killed leader (or one
-# that lost its Lease) leaves for the next one to repeat: no attempt starts while --max-concurrency of
-# them wait for their write, so at most 2 x --max-concurrency are ever repeated (those in flight, and
-# those answered), however far the API server lags. An event's outcomes are written together when its
-# round of attempts ends; those of a round still running go out FLUSH_AFTER_S after the first of them,
-# or at once while half the budget is used (one write per event in the usual case, as each write
-# costs the API server several creates).
-FLUSH_AFTER_S = 1.0
+# that lost its Lease) leaves for the next one to repeat: while --max-concurrency of them wait for
+# their write, no new event or parked one is taken up (see backlogged), however far the API server
+# lags; rounds under way go on, so that they end and are written. An event's outcomes are written
+# together when its round ends, one write per event as a rule (each costs the API server several
+# creates); those of a round still running after FLUSH_AFTER_S go out then.
+FLUSH_AFTER_S = 5.0
 # Attempts one webhook may have waiting for (or holding) its own slots; a delivery beyond that leaves
 # memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
 # or hanging endpoint holds neither memory nor the watch for everyone else.
@@ -200,8 +199,6 @@ class DeliveryEngine:
         self.status_writes = 0
         self._unrecorded = 0  # attempts answered, outcome not yet written (see FLUSH_AFTER_S)
         self.max_unrecorded = settings.max_concurrency
-        self._room_to_record = asyncio.Event()
-        self._flush_now = asyncio.Event()  # set while half the budget is used
         # spec.ordering: open deliveries per webhook, in event creation order. Ordered deliveries wait
         # until the first full list of events is in (set by the runtime), so that the order after a
         # restart is rebuilt from every recorded event, not from the first page.
@@ -342,9 +339,14 @@ class DeliveryEngine:
 
         Attempts waiting for their own webhook's slot (``--per-webhook-concurrency``) do not count,
         so one slow webhook cannot stall the others; only the hard cap on events in their first
-        round bounds memory in that case.
+        round bounds memory in that case. Answered outcomes not yet written count too: a lagging API
+        server holds back new work instead of letting what a dying leader would repeat grow.
         """
-        return self._queued >= self.max_queued or self._first_rounds >= self.max_first_rounds
+        return (
+            self._queued >= self.max_queued
+            or self._first_rounds >= self.max_first_rounds
+            or self._unrecorded >= self.max_unrecorded
+        )
 
     async def wait_for_capacity(self) -> None:
         """Return once the engine is not backlogged (at once, usually)."""
@@ -392,9 +394,9 @@ class DeliveryEngine:
                 results = await asyncio.gather(*(self._deliver(job, entry) for entry in open_entries))
                 parks = [park for park in results if park is not None]
             if not job.gone:
-                # Before it leaves memory, the event's status holds what it waits for (a delivery waiting
-                # for a webhook to be Ready may have had no write yet).
-                await self._write(job, final=not parks)
+                # A delivery waiting for its webhook to be Ready may have no entry in the stored status
+                # yet, and a fresh read would not subscribe it again: it is written before leaving memory.
+                await self._write(job, final=not any(park.record for park in parks))
                 if parks and not job.gone and not self._stopping.is_set():
                     self._park(job, parks)
         except Exception:
@@ -449,7 +451,7 @@ class DeliveryEngine:
                     self._first_round_over(job)
                     not_ready_since = not_ready_since or time.monotonic()
                     if time.monotonic() - not_ready_since >= self.park_after_s and not state.spec.ordered:
-                        return _Park(now().timestamp() + NOT_READY_PARK_S, entry["webhook"])
+                        return _Park(now().timestamp() + NOT_READY_PARK_S, entry["webhook"], record=True)
                     await asyncio.sleep(NOT_READY_RECHECK_S)
                     continue
                 not_ready_since = 0.0
@@ -655,19 +657,8 @@ class DeliveryEngine:
         key = (job.namespace, state.name)
         self._load[key] = self._load.get(key, 0) + 1
         try:
-            # The webhook's own slot first: attempts queued behind a slow webhook hold no global slot.
-            async with state.limiter:
-                self._queued += 1
-                try:
-                    await self._global.acquire(key)
-                finally:
-                    self._dequeued()
-                if self._unrecorded >= self.max_unrecorded:
-                    try:
-                        await self._until_room_to_record()  # holding the slot: the next to send
-                    except BaseException:
-                        self._global.release(key)
-                        raise
+            await self._acquire_slots(job, state, key)
+            try:
                 if self._stopping.is_set():
                     self._global.release(key)
                     raise _Stopped()
@@ -689,8 +680,8 @@ class DeliveryEngine:
                 # anything else runs.
                 job.unrecorded += 1
                 self._unrecorded += 1
-                if self._unrecorded >= self.max_unrecorded // 2:
-                    self._flush_now.set()  # rounds still running write what they have now
+            finally:
+                state.limiter.release()
         finally:
             end_turn()
             load = self._load[key] - 1
@@ -754,8 +745,7 @@ class DeliveryEngine:
             self._spawn(self._flush_soon(job))
 
     async def _flush_soon(self, job: EventJob) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._flush_now.wait(), FLUSH_AFTER_S)
+        await asyncio.sleep(FLUSH_AFTER_S)
         job.flush_due = False
         if job.unrecorded and not job.gone:
             await self._write(job, final=False)
@@ -765,14 +755,21 @@ class DeliveryEngine:
         job.unrecorded -= count
         self._unrecorded -= count
         if self._unrecorded < self.max_unrecorded:
-            self._room_to_record.set()
-        if self._unrecorded < self.max_unrecorded // 2:
-            self._flush_now.clear()
+            self._capacity.set()
 
-    async def _until_room_to_record(self) -> None:
-        while self._unrecorded >= self.max_unrecorded and not self._stopping.is_set():
-            self._room_to_record.clear()
-            await self._room_to_record.wait()
+    async def _acquire_slots(self, job: EventJob, state: WebhookState, key: tuple[str, str]) -> None:
+        """The webhook's own slot, then a global one: attempts queued behind a slow webhook hold no
+        global slot."""
+        assert state.limiter is not None
+        await state.limiter.acquire()
+        self._queued += 1
+        try:
+            await self._global.acquire(key)
+        except BaseException:
+            state.limiter.release()
+            raise
+        finally:
+            self._dequeued()
 
     async def _write(self, job: EventJob, *, final: bool) -> None:
         """Write the job's status; a transient API error is retried until it is written or the event is gone."""
@@ -1007,7 +1004,6 @@ class DeliveryEngine:
         """
         self._stopping.set()
         self._capacity.set()
-        self._room_to_record.set()
         tasks = list(self._tasks)
         if tasks and grace_s > 0:
             log.info("waiting up to %.0fs for %d event(s) with attempts in flight", grace_s, len(self._jobs))
@@ -1022,7 +1018,6 @@ class DeliveryEngine:
         """Cancel everything at once (the Lease is lost: nothing may be written any more)."""
         self._stopping.set()
         self._capacity.set()
-        self._room_to_record.set()
         tasks = list(self._tasks)
         if self._wake_task is not None:
             tasks.append(self._wake_task)
@@ -1070,6 +1065,7 @@ class _Park:
     due: float
     webhook: str
     busy: Hashable | None = None
+    record: bool = False  # the event's status must hold this delivery before it leaves memory
 
 
 class _Stopped(Exception):
