@@ -217,13 +217,14 @@ async def test_answered_but_unrecorded_attempts_stay_bounded_when_status_writes_
     for name in ("a", "b"):
         index.put(state(namespace, name, receiver.url(f"/{name}"), ("User.Created",), retry, 10))
     engine = await make_engine(kube, index, ca_bundle, Settings(max_concurrency=4, per_webhook_concurrency=10))
-    names = [create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(30)]
+    names = [create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(50)]
     proxy.add(
         Fault(
             "PATCH",
             rf"/apis/webhook-operator\.io/v1alpha1/namespaces/{namespace}/webhookevents/.+/status",
-            hang_s=0.4,
+            hang_s=0.05,
             forward=True,
+            serial=True,  # 20 writes/s: the receivers answer far faster than the API server records
         )
     )
 
@@ -250,14 +251,15 @@ async def test_answered_but_unrecorded_attempts_stay_bounded_when_status_writes_
             sent = len(receiver.received())  # read first: the gap measured can only be smaller than the true one
             done = await recorded()
             widest = max(widest, sent - done)
-            if done == 60:
+            if done == 100:
                 break
-            assert time.monotonic() < deadline, f"only {done} of 60 deliveries recorded"
+            assert time.monotonic() < deadline, f"only {done} of 100 deliveries recorded"
             await asyncio.sleep(0.05)
         await feeding
-        assert len(receiver.received()) == 60
-        # Taken up before the backlog counted: 4 answered, 16 queued for a slot (4 per slot), 4 in flight.
-        assert widest <= 24, f"{widest} attempts were answered but not recorded at once (--max-concurrency 4)"
+        assert len(receiver.received()) == 100
+        # What was taken up before the backlog counted: 4 answered, 16 queued for a global slot (4 per
+        # slot), 4 in flight, and some waiting for their webhook's own slots (16-26 measured; 58 with the engine before this bound).
+        assert widest <= 40, f"{widest} attempts were answered but not recorded at once (--max-concurrency 4)"
     finally:
         await engine.abort()
         await engine.client.aclose()

@@ -29,6 +29,7 @@ class Fault:
     retry_after: float | None = None
     hang_s: float = 0.0  # hold the request this long before answering
     forward: bool = False  # after hang_s, forward the request instead of failing it (a slow API server)
+    serial: bool = False  # one matching request at a time in its hang_s (an API server at its write rate)
     hits: int = 0
     reason: str = field(default="")
 
@@ -95,6 +96,7 @@ class FaultProxy:
 
     async def _main(self) -> None:
         self._stopped = asyncio.Event()
+        self._serial = asyncio.Lock()
         headers = {"Authorization": f"Bearer {self.credentials.token}"} if self.credentials.token else {}
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_context(self.credentials)),
@@ -121,8 +123,11 @@ class FaultProxy:
     async def _handle(self, session: aiohttp.ClientSession, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         fault = self._fault_for(request.method, request.path)
-        if fault is not None:
-            if fault.hang_s:
+        if fault is not None and fault.hang_s:
+            if fault.serial:
+                async with self._serial:
+                    await asyncio.sleep(fault.hang_s)
+            else:
                 await asyncio.sleep(fault.hang_s)
         if fault is not None and not fault.forward:
             headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}

@@ -556,3 +556,13 @@ def test_a_webhook_resolving_after_an_api_error_still_subscribes_and_a_not_ready
     assert index.subscribers("shop", "User.Created") == [resolving]
     resolving.resolving = False
     assert index.subscribers("shop", "User.Created") == []
+
+
+async def test_answered_outcomes_waiting_for_their_write_hold_back_new_events(engine: DeliveryEngine) -> None:
+    """What a dying leader would repeat is bounded: past --max-concurrency answered-but-unwritten
+    outcomes, the watch takes up nothing new until writes catch up."""
+    assert not engine.backlogged()
+    engine._unrecorded = engine.max_unrecorded
+    assert engine.backlogged()
+    engine._unrecorded = engine.max_unrecorded - 1
+    assert not engine.backlogged()
