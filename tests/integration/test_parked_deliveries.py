@@ -258,7 +258,8 @@ async def test_answered_but_unrecorded_attempts_stay_bounded_when_status_writes_
         await feeding
         assert len(receiver.received()) == 100
         # What was taken up before the backlog counted: 4 answered, 16 queued for a global slot (4 per
-        # slot), 4 in flight, and some waiting for their webhook's own slots (16-26 measured; 58 with the engine before this bound).
+        # slot), 4 in flight, and some waiting for their webhook's own slots (16-26 measured; 58 with
+        # the engine before this bound).
         assert widest <= 40, f"{widest} attempts were answered but not recorded at once (--max-concurrency 4)"
     finally:
         await engine.abort()
