@@ -73,7 +73,7 @@ from webhook_operator.bus.messages import (
 )
 from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.engine import NOT_READY, waiting_reason
-from webhook_operator.delivery.ratelimit import TokenBucket
+from webhook_operator.delivery.ratelimit import Held, RateBuckets, until_token
 from webhook_operator.delivery.transport import DeliveryClient
 from webhook_operator.filter import filter_input
 from webhook_operator.index import WebhookIndex, WebhookState
@@ -96,7 +96,6 @@ NOT_READY_RECHECK_S = 1.0
 PUBLISH_TIMEOUT_S = 5.0
 CONTROL_INTERVAL_S = 1.0  # the Lease holder looks for controlled webhooks and stranded deliveries this often
 ORDER_POLL_S = 0.05  # an Ordered webhook waiting for its turn looks again this often
-RATE_RECHECK_S = 1.0  # a rate-limit waiter looks at the spec again this often
 MIN_RATE_WAIT_S = 0.001
 FOLD_ACK_TIMEOUT_S = 2.0
 HEALTH_ACK_WAIT_FACTOR = 2  # the health consumer's ack wait, in --event-bus-ack-wait
@@ -150,7 +149,7 @@ class BusWorker:
         self._stream_created = ""
         self._connecting = asyncio.Lock()
         # spec.rateLimit on the controlled path (the Lease holder): one bucket and turn per webhook uid.
-        self._buckets: dict[tuple[str, str, str], tuple[TokenBucket, asyncio.Lock]] = {}
+        self._buckets = RateBuckets()
 
     # -- connection and topology ---------------------------------------------------------
     async def connect(self) -> None:
@@ -605,39 +604,21 @@ class BusWorker:
         return result
 
     # -- spec.rateLimit on the controlled path (the Lease holder) ----------------------------
-    def _bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
-        key = (state.namespace, state.name, state.uid)
-        limit = state.spec.rate_limit
-        if limit is None:
-            self._buckets.pop(key, None)
-            return None
-        held = self._buckets.get(key)
-        if held is None:
-            held = self._buckets[key] = (TokenBucket(limit, time.monotonic()), asyncio.Lock())
-        else:
-            held[0].reconfigure(limit, time.monotonic())
-        return held
+    def _bucket(self, state: WebhookState) -> Held | None:
+        return self._buckets.get((state.namespace, state.name, state.uid), state.spec.rate_limit)
 
-    def _current_bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+    def _current_bucket(self, state: WebhookState) -> Held | None:
         current = self.index.get(state.namespace, state.name)
         return self._bucket(current if current is not None and current.uid == state.uid else state)
 
-    async def _wait_for_token(self, state: WebhookState, held: tuple[TokenBucket, asyncio.Lock]) -> None:
+    async def _wait_for_token(self, state: WebhookState, held: Held) -> None:
         """Take the webhook's turn (oldest waiter first) and wait, holding no slot, for a token; the caller
         takes it and passes the turn on. A changed or removed limit applies to waiters within a second."""
         started = time.monotonic()
         bucket, turn = held
         await turn.acquire()
         try:
-            while not self._stopping.is_set():
-                now_held = self._current_bucket(state)
-                if now_held is None or now_held[0] is not bucket:
-                    break  # the limit was removed
-                delay = bucket.delay(time.monotonic())
-                if delay <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), min(delay, RATE_RECHECK_S))
+            await until_token(bucket, lambda: self._current_bucket(state), self._stopping)
         except BaseException:
             turn.release()
             raise

@@ -22,7 +22,7 @@ from webhook_operator.apiretry import backoff_delay, is_transient, retry_after_o
 from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.ordering import OrderingGate, OrderKey, order_key
 from webhook_operator.delivery.queues import FairSlots, Parked, ParkedEvents
-from webhook_operator.delivery.ratelimit import TokenBucket
+from webhook_operator.delivery.ratelimit import Held, RateBuckets, TokenBucket, until_token
 from webhook_operator.delivery.redelivery import REDELIVER, REPLAY, Request, pending_request
 from webhook_operator.delivery.retention import Retention
 from webhook_operator.delivery.transport import DeliveryClient
@@ -59,8 +59,6 @@ NOT_READY_PARK_S = 10.0
 EXPIRY_CONCURRENCY = 32
 # A wait for a rate-limit token shorter than this is no wait (the lock, the event loop).
 MIN_RATE_WAIT_S = 0.001
-# A wait for a token looks at the webhook's spec again this often: a changed limit applies to waiters.
-RATE_RECHECK_S = 1.0
 SAMPLE_DATA = {"id": "sample_0001", "sample": True}
 # Backpressure (see DeliveryEngine.backlogged): the watch pauses, and the rest of a backlog waits in
 # the API server, while this many deliveries per unit of --max-concurrency queue for a global slot...
@@ -206,7 +204,7 @@ class DeliveryEngine:
         self.order_ready = asyncio.Event()
         self._order_moved: dict[WebhookKey, asyncio.Event] = {}
         # spec.rateLimit: one bucket per webhook (uid included: a recreated webhook starts full).
-        self._buckets: dict[WebhookKey, tuple[TokenBucket, asyncio.Lock]] = {}
+        self._buckets = RateBuckets()
         self._token_waiters: dict[WebhookKey, int] = {}  # deliveries queued for a webhook's rate-limit turn
 
     # -- watch entry point --------------------------------------------------------------
@@ -548,21 +546,16 @@ class DeliveryEngine:
             self._order_gauge(webhook, state)
 
     # -- spec.rateLimit -------------------------------------------------------------------
-    def _bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+    def _bucket(self, state: WebhookState) -> Held | None:
         key = (state.namespace, state.name, state.uid)
         limit = state.spec.rate_limit
         if limit is None:
-            if self._buckets.pop(key, None) is not None and self._parked.release(rate_key(state), now().timestamp()):
+            if self._buckets.drop(key) and self._parked.release(rate_key(state), now().timestamp()):
                 self._parked_changed.set()  # the limit is gone: what waited for it is due now
             return None
-        held = self._buckets.get(key)
-        if held is None:
-            held = self._buckets[key] = (TokenBucket(limit, time.monotonic()), asyncio.Lock())
-        else:
-            held[0].reconfigure(limit, time.monotonic())
-        return held
+        return self._buckets.get(key, limit)
 
-    def _current_bucket(self, state: WebhookState) -> tuple[TokenBucket, asyncio.Lock] | None:
+    def _current_bucket(self, state: WebhookState) -> Held | None:
         """The bucket of the webhook's current spec (a reconcile may have replaced ``state`` meanwhile)."""
         current = self.index.get(state.namespace, state.name)
         return self._bucket(current if current is not None and current.uid == state.uid else state)
@@ -572,7 +565,7 @@ class DeliveryEngine:
         waiting = self._token_waiters.get((state.namespace, state.name, state.uid), 0)
         return bucket.delay(time.monotonic()) + waiting / bucket.limit.requests_per_second
 
-    async def _wait_for_token(self, state: WebhookState, held: tuple[TokenBucket, asyncio.Lock]) -> float:
+    async def _wait_for_token(self, state: WebhookState, held: Held) -> float:
         """Take the webhook's turn (its lock) and wait, holding no slot, until its bucket has a token;
         the seconds waited, the turn included. The caller passes the turn on to ``_attempt``.
 
@@ -599,15 +592,7 @@ class DeliveryEngine:
                         break
                     self._spawn(self._wake(*woken))
         try:
-            while not self._stopping.is_set():
-                now_held = self._current_bucket(state)
-                if now_held is None or now_held[0] is not bucket:
-                    break  # the limit was removed
-                delay = bucket.delay(time.monotonic())
-                if delay <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), min(delay, RATE_RECHECK_S))
+            await until_token(bucket, lambda: self._current_bucket(state), self._stopping)
         except BaseException:
             turn.release()
             raise

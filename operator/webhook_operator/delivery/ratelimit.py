@@ -8,7 +8,11 @@ seconds, at most ``burst + rate * t``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 EPSILON = 1e-9  # float sums of elapsed x rate fall a hair short of whole tokens
@@ -69,3 +73,45 @@ class TokenBucket:
         self._refill(clock)
         self.limit = limit
         self.tokens = min(self.tokens, float(limit.burst))
+
+
+# A waiter for a token looks at the webhook's spec again this often: a changed limit applies to it.
+RATE_RECHECK_S = 1.0
+Held = tuple[TokenBucket, asyncio.Lock]  # a webhook's bucket, and its turn (waiters queue oldest first)
+
+
+class RateBuckets:
+    """One bucket and turn per webhook key (namespace, name, uid: a recreated webhook starts full)."""
+
+    def __init__(self) -> None:
+        self._held: dict[Hashable, Held] = {}
+
+    def get(self, key: Hashable, limit: RateLimit | None) -> Held | None:
+        """The bucket for ``limit`` (kept across spec changes, see ``reconfigure``); None without a limit."""
+        if limit is None:
+            self.drop(key)
+            return None
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = (TokenBucket(limit, time.monotonic()), asyncio.Lock())
+        else:
+            held[0].reconfigure(limit, time.monotonic())
+        return held
+
+    def drop(self, key: Hashable) -> bool:
+        """Forget a webhook's bucket; whether it had one."""
+        return self._held.pop(key, None) is not None
+
+
+async def until_token(bucket: TokenBucket, current: Callable[[], Held | None], stopping: asyncio.Event) -> None:
+    """Wait (holding the turn, no slot) until ``bucket`` has a token, the webhook's bucket is no longer
+    this one (``current``: its limit removed or replaced), or ``stopping`` is set."""
+    while not stopping.is_set():
+        now_held = current()
+        if now_held is None or now_held[0] is not bucket:
+            return
+        delay = bucket.delay(time.monotonic())
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), min(delay, RATE_RECHECK_S))
