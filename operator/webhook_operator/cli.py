@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from webhook_operator import __version__
 from webhook_operator.identity import instance_name
@@ -40,6 +41,16 @@ def smaller_tls_read_buffers() -> None:
         protocol.max_size = TLS_READ_BUFFER_BYTES
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (a dependency on Linux and macOS): its loop, sockets and
+    TLS are C code, about a sixth less CPU per delivery than asyncio's in the bus benchmark; else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def run(settings: Settings) -> int:
     keep_unused_clients_out()
     smaller_tls_read_buffers()
@@ -59,7 +70,8 @@ def run(settings: Settings) -> int:
     if settings.log_level != "DEBUG":
         # One line per handled watch event drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    asyncio.run(_operate(settings))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(_operate(settings))
     return 0
 
 

@@ -70,3 +70,18 @@ def test_the_operator_loads_no_certificate_library_unless_it_makes_a_certificate
     env.pop("KUBERNETES_SERVICE_HOST", None)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[1:] == ["False", "True"]
+
+
+def test_the_operator_runs_on_uvloop() -> None:
+    # A dependency on Linux: the event loop, sockets and TLS in C (a sixth to a quarter less CPU per delivery).
+    import uvloop
+
+    from webhook_operator.cli import loop_factory
+
+    factory = loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
