@@ -26,11 +26,12 @@ from webhook_operator.bus.messages import (
     parse_published,
 )
 from webhook_operator.bus.requestlog import finished, log_rows, to_redeliver
-from webhook_operator.bus.worker import declare_problem, fold_record
+from webhook_operator.bus.worker import declare_problem, fold_record, now_ms
 from webhook_operator.delivery.attempt import AttemptResult
 from webhook_operator.index import WebhookIndex, WebhookState
-from webhook_operator.model import parse_webhook_spec
+from webhook_operator.model import format_time_ms, now, parse_time, parse_webhook_spec
 from webhook_operator.settings import add_run_arguments, settings_from_args
+from webhook_operator.signing import build_body
 
 DELIVERY = Delivery(
     namespace="shop",
@@ -76,6 +77,36 @@ def test_delivery_message_round_trips_and_a_broken_one_is_bad() -> None:
         Delivery.decode(b'{"namespace": "shop"}')
 
 
+def test_delivery_messages_keep_the_data_exactly_as_json_writes_it() -> None:
+    # Fan-out encodes the data once per event; the body built from the decoded message is CR mode's.
+    payload = '{"event": "A", "data": {"big": 1180591620717411303424, "f": 1e+20, "t": "zo\u00eb \u2028", "n": [0.1]}}'
+    published = parse_published("webhook-operator.events.shop", payload.encode())
+    message = dataclasses.replace(DELIVERY, data=published.data).encode(published.data_json)
+    assert (
+        message
+        == json.dumps(
+            {**json.loads(dataclasses.replace(DELIVERY, data=published.data).encode()), "data": published.data},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+    )
+    decoded = Delivery.decode(message)
+    expected = json.loads(payload)["data"]
+    assert decoded.data == expected and type(decoded.data["big"]) is int
+    body = build_body(hook_id="h", event="A", created_at="c", event_id="e", data=decoded.data)
+    assert body == build_body(hook_id="h", event="A", created_at="c", event_id="e", data=expected)
+    seq = dataclasses.replace(DELIVERY, redelivery="R", seq=7)
+    assert json.loads(seq.encode()) == {**json.loads(DELIVERY.encode()), "redelivery": "R", "seq": 7}
+
+
+@pytest.mark.parametrize("data", [b"NaN", b"[Infinity]", b'"\\ud800"'])
+def test_published_data_no_body_can_carry_is_terminated(data: bytes) -> None:
+    # Accepted before, then every attempt failed to build the body and the message came back forever.
+    with pytest.raises(BadMessage) as caught:
+        parse_published("webhook-operator.events.shop", b'{"event": "A", "data": ' + data + b"}")
+    assert caught.value.reason == "json"
+
+
 def test_subjects_write_dots_of_webhook_names_as_tildes_and_back() -> None:
     assert deliveries_subject("shop", "billing.v2") == "webhook-operator.deliveries.shop.billing~v2"
     assert log_subject("shop", "billing.v2") == "webhook-operator.log.shop.billing~v2"
@@ -112,6 +143,27 @@ def test_log_records_carry_the_event_only_when_final_and_a_bounded_response() ->
     # Failed for redeliver, Succeeded too for replay (every final delivery of a window).
     assert Delivery.decode(json.dumps(bad["delivery"]).encode()) == DELIVERY
     assert Delivery.decode(json.dumps(ok["delivery"]).encode()) == DELIVERY
+
+
+def test_a_final_record_carries_the_delivery_message_as_received() -> None:
+    message = b'{"namespace":"shop","webhook":"billing.v2","webhookUid":"uid-1","id":"msg_1","event":"User.Created",'
+    message += b'"eventId":"evt-1","createdAt":"2026-01-02T03:04:05.678Z","data": {"name": "zo\xc3\xab"}}'
+    delivery = Delivery.decode(message)
+    kwargs = {"attempts": 1, "time": "t", "status_code": 200, "duration_ms": 1, "error": "", "response_body": "\ud800?"}
+    spliced = json.loads(log_record(delivery, outcome="Succeeded", message=message, **kwargs))  # type: ignore[arg-type]
+    encoded = json.loads(log_record(delivery, outcome="Succeeded", **kwargs))  # type: ignore[arg-type]
+    assert spliced == encoded and Delivery.decode(json.dumps(spliced["delivery"]).encode()) == delivery
+    assert spliced["responseBody"] == "\ud800?", "a text orjson refuses is written by json"
+    assert "delivery" not in json.loads(log_record(delivery, outcome="Retrying", message=message, **kwargs))  # type: ignore[arg-type]
+    with pytest.raises(BadMessage):
+        Delivery.decode(message.decode().encode("utf-16"))  # json.loads would take it; the record could not
+
+
+def test_record_times_are_format_time_ms() -> None:
+    before = format_time_ms(now())
+    stamp = now_ms()
+    after = format_time_ms(now())
+    assert before <= stamp <= after and len(stamp) == len(before) and parse_time(stamp) is not None
 
 
 def test_log_record_ids_one_per_attempt_while_retrying_and_one_final_per_delivery() -> None:
@@ -174,14 +226,16 @@ def test_fold_record_counts_final_outcomes_of_the_same_webhook_only() -> None:
     assert fold_record(index, subject, json.dumps(record("Failed", time="2026-01-02T03:00:01.000Z")).encode())
     assert not fold_record(index, subject, json.dumps(record("Retrying", time="2026-01-02T03:00:00.000Z")).encode())
     assert not fold_record(index, subject, b"garbage")
+    older = json.dumps({**record("Succeeded", time="2026-01-02T03:00:02.000Z"), "delivery": {"data": float("nan")}})
+    assert fold_record(index, subject, older.encode()), "NaN in a record's data (orjson refuses it): json reads it"
     other = Delivery(**{**DELIVERY.__dict__, "webhook_uid": "uid-old"})
     stale = record("Succeeded", time="2026-01-02T03:00:00.000Z", delivery=other)
     assert not fold_record(index, subject, json.dumps(stale).encode()), "a webhook deleted and created again"
     got = index.get("shop", "billing.v2")
     assert got is not None and got.health_dirty
     summary = got.health.summary(dt.datetime(2026, 1, 2, 3, 5, tzinfo=dt.UTC))
-    assert (summary.succeeded, summary.failed) == (1, 1)
-    assert got.health.last_status_code == 500
+    assert (summary.succeeded, summary.failed) == (2, 1)
+    assert got.health.last_status_code == 200
 
 
 def parse(*argv: str) -> BusSettings | None:

@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from webhook_operator.ingress.parse import EVENT_NAME_MAX, EVENT_NAME_RE
 
 EVENTS_PREFIX = "webhook-operator.events."
@@ -35,6 +37,22 @@ HEALTH_CONSUMER = "health"
 MSG_ID_HEADER = "Nats-Msg-Id"
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1d4c0e-8f57-4a43-9a49-5b1b8f0c6a11")
 FINAL = ("Succeeded", "Failed")
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON of the operator's own fields (names, ids, times, counts, texts): orjson, or json
+    with ASCII escapes for what orjson refuses (a string with a lone surrogate, an integer past 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def encode_data(data: Any) -> bytes:
+    """An event's ``data`` as the delivery message carries it: json's compact text, once per event (orjson
+    could not write integers past 64 bits: the body must come out as in CR mode); ValueError for what no
+    body can carry (NaN, a lone surrogate)."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def events_subject(namespace: str) -> str:
@@ -90,6 +108,7 @@ class Published:
     namespace: str
     event: str
     data: Any
+    data_json: bytes = b"null"  # encode_data(data)
 
 
 class BadMessage(Exception):
@@ -113,7 +132,12 @@ def parse_published(subject: str, payload: bytes) -> Published:
     event = body.get("event")
     if not isinstance(event, str) or len(event) > EVENT_NAME_MAX or not EVENT_NAME_RE.fullmatch(event):
         raise BadMessage("event", "'event' must be an event name such as User.Created")
-    return Published(namespace, event, body.get("data"))
+    data = body.get("data")
+    try:
+        data_json = encode_data(data)
+    except (UnicodeEncodeError, ValueError) as exc:  # NaN, Infinity, an escaped lone surrogate: no body has them
+        raise BadMessage("json", f"'data' cannot be sent as JSON: {exc}") from None
+    return Published(namespace, event, data, data_json)
 
 
 @dataclass(frozen=True)
@@ -131,27 +155,31 @@ class Delivery:
     redelivery: str | None = None  # requestedAt of a `kubectl webhooks redeliver` (or replay)
     seq: int = 0  # the event's sequence in the events stream: the order of spec.ordering Ordered
 
-    def encode(self) -> bytes:
-        body = {
-            "namespace": self.namespace,
-            "webhook": self.webhook,
-            "webhookUid": self.webhook_uid,
-            "id": self.id,
-            "event": self.event,
-            "eventId": self.event_id,
-            "createdAt": self.created_at,
-            "data": self.data,
-        }
+    def encode(self, data: bytes | None = None) -> bytes:
+        """The message; ``data``: ``encode_data(self.data)`` when the caller has it (fan-out, once per event)."""
+        head = dumps(
+            {
+                "namespace": self.namespace,
+                "webhook": self.webhook,
+                "webhookUid": self.webhook_uid,
+                "id": self.id,
+                "event": self.event,
+                "eventId": self.event_id,
+                "createdAt": self.created_at,
+            }
+        )
+        tail: dict[str, Any] = {}
         if self.redelivery:
-            body["redelivery"] = self.redelivery
+            tail["redelivery"] = self.redelivery
         if self.seq:
-            body["seq"] = self.seq
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            tail["seq"] = self.seq
+        rest = b"," + dumps(tail)[1:] if tail else b"}"
+        return head[:-1] + b',"data":' + (encode_data(self.data) if data is None else data) + rest
 
     @classmethod
     def decode(cls, payload: bytes) -> Delivery:
         try:
-            body = json.loads(payload)
+            body = json.loads(payload.decode())  # UTF-8 only: a final log record carries these bytes as they are
             return cls(
                 namespace=str(body["namespace"]),
                 webhook=str(body["webhook"]),
@@ -189,9 +217,11 @@ def log_record(
     response_body: str,
     next_attempt_time: str | None = None,
     replica: str = "",
+    message: bytes | None = None,
 ) -> bytes:
     """One request-log record. A final one carries the event, so `redeliver` (Failed) and `replay`
-    (Succeeded or Failed) can send it again."""
+    (Succeeded or Failed) can send it again: ``message``, the delivery message as received (the same
+    JSON ``delivery.encode()`` would write), else encoded here."""
     record: dict[str, Any] = {
         "time": time,
         "event": delivery.event,
@@ -211,6 +241,7 @@ def log_record(
         record["nextAttemptTime"] = next_attempt_time
     if delivery.redelivery:
         record["redelivery"] = delivery.redelivery
-    if outcome in FINAL:
-        record["delivery"] = json.loads(delivery.encode())
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    encoded = dumps(record)
+    if outcome not in FINAL:
+        return encoded
+    return encoded[:-1] + b',"delivery":' + (delivery.encode() if message is None else message) + b"}"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import nats
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -34,6 +35,7 @@ from nats.js.api import (
     StreamInfo,
 )
 
+from webhook_operator.bus import pull
 from webhook_operator.bus.config import BusSettings, connect_options
 from webhook_operator.bus.control import (
     ORDER_WINDOW,
@@ -71,6 +73,7 @@ from webhook_operator.bus.messages import (
     parse_published,
     subject_key,
 )
+from webhook_operator.bus.publish import Publisher
 from webhook_operator.delivery.attempt import AttemptResult, send
 from webhook_operator.delivery.engine import NOT_READY, waiting_reason
 from webhook_operator.delivery.ratelimit import Held, RateBuckets, until_token
@@ -130,6 +133,7 @@ class BusWorker:
         self.replica = replica
         self.nc: NATS | None = None
         self.js: JetStreamContext | None = None
+        self.publisher: Publisher | None = None
         self.ready = asyncio.Event()  # connected, streams and consumers in place
         self._global = asyncio.Semaphore(settings.max_concurrency)
         # Delivery messages held at once by this replica (attempting, or waiting for a slot).
@@ -168,9 +172,9 @@ class BusWorker:
                 log.warning("bus: cannot connect to %s (%s); trying again", ", ".join(self.bus.servers), exc)
                 await asyncio.sleep(min(RECONNECT_S * failures, 15.0))
         self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
-        # The reply subscription of publish_async, set up once here: set up by two first callers at
-        # once, it would lose the first one's acks.
-        await self.js._init_async_reply()
+        # Its reply subscription set up once here, before any publication.
+        self.publisher = Publisher(self.nc)
+        await self.publisher.start()
         while True:
             try:
                 await self._declare()
@@ -315,7 +319,7 @@ class BusWorker:
 
     async def _fetch(self, sub: JetStreamContext.PullSubscription, batch: int, wait_s: float) -> list[Msg]:
         try:
-            return await sub.fetch(batch, timeout=wait_s)
+            return await pull.fetch(sub, batch, wait_s)
         except (nats.errors.TimeoutError, TimeoutError):
             return []
         except Exception as exc:  # disconnected, server restarting: the client reconnects by itself
@@ -360,7 +364,7 @@ class BusWorker:
         ]
         try:
             # Pipelined: every delivery is sent, then the acks are awaited together.
-            await self._stored([await self._publish_delivery(d) for d in deliveries])
+            await self._stored([await self._publish_delivery(d, published.data_json) for d in deliveries])
             await msg.ack()
         except Exception as exc:
             # Not acked: the event comes back (here or to another replica) and its deliveries are
@@ -369,11 +373,11 @@ class BusWorker:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
 
-    async def _publish_delivery(self, delivery: Delivery) -> asyncio.Future[Any]:
-        assert self.js is not None
-        return await self.js.publish_async(
+    async def _publish_delivery(self, delivery: Delivery, data: bytes) -> asyncio.Future[Any]:
+        assert self.publisher is not None
+        return await self.publisher.publish(
             self._subject_for(delivery, controlled(self.index.get(delivery.namespace, delivery.webhook))),
-            delivery.encode(),
+            delivery.encode(data),
             headers={MSG_ID_HEADER: delivery.id},
         )
 
@@ -508,10 +512,10 @@ class BusWorker:
     async def _forward(self, msg: Msg, delivery: Delivery, *, to_controlled: bool) -> None:
         """Publish the message, as it is, on the other path; then ack it here. The Nats-Msg-Id names this
         stored message, so a forward repeated after a crash is dropped, while a later move back is not."""
-        assert self.js is not None
+        assert self.publisher is not None
         meta = msg.metadata
         msg_id = f"{delivery.id}/{delivery.redelivery or ''}@{meta.stream}:{meta.sequence.stream}"
-        ack = await self.js.publish_async(
+        ack = await self.publisher.publish(
             self._subject_for(delivery, to_controlled), msg.data, headers={MSG_ID_HEADER: msg_id}
         )
         await self._stored([ack])
@@ -529,24 +533,25 @@ class BusWorker:
         next_attempt_time: str | None = None,
     ) -> None:
         """Publish the request-log record, retrying while the bus is away (the message stays held)."""
-        assert self.js is not None
+        assert self.publisher is not None
         payload = log_record(
             delivery,
             outcome=outcome,
             attempts=attempts,
-            time=format_time_ms(now()),
+            time=now_ms(),
             status_code=result.status_code if result else None,
             duration_ms=round(result.duration_s * 1000) if result else 0,
             error=result.error if result else error,
             response_body=result.response_body if result else "",
             next_attempt_time=next_attempt_time,
             replica=self.replica,
+            message=msg.data,  # the message ``delivery`` was decoded from
         )
         record_id = log_record_id(delivery, msg.metadata.num_delivered, outcome)
         tries = 0
         while True:
             try:
-                ack = await self.js.publish_async(
+                ack = await self.publisher.publish(
                     log_subject(delivery.namespace, delivery.webhook), payload, headers={MSG_ID_HEADER: record_id}
                 )
                 await self._stored([ack])
@@ -840,7 +845,7 @@ class BusWorker:
             while True:
                 left = until - loop.time()
                 try:
-                    msgs = await sub.fetch(1000, timeout=max(0.05, left))
+                    msgs = await pull.fetch(sub, 1000, max(0.05, left))
                 except (nats.errors.TimeoutError, TimeoutError):
                     msgs = []
                 for msg in msgs:
@@ -905,9 +910,12 @@ def fold_record(
     (auto-disable follows failures), a final outcome into health; True when counted in health."""
     key = log_subject_key(subject)
     try:
-        record = json.loads(payload)
-    except ValueError:
-        return False
+        record = orjson.loads(payload)  # only the record's own fields are read: the event's data may lose digits
+    except orjson.JSONDecodeError:
+        try:
+            record = json.loads(payload)  # NaN in an older record's data, say
+        except ValueError:
+            return False
     if key is None or not isinstance(record, dict):
         return False
     state = index.get(*key)
@@ -926,6 +934,18 @@ def fold_record(
     )
     state.health_dirty = True
     return True
+
+
+_SECOND: list[Any] = [0, ""]  # (unix second, its format_time_ms up to the dot)
+
+
+def now_ms() -> str:
+    """``format_time_ms(now())``, the seconds formatted once per second: every attempt records one."""
+    stamp = time.time()
+    second = int(stamp)
+    if _SECOND[0] != second:
+        _SECOND[:] = [second, dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")]
+    return f"{_SECOND[1]}{int((stamp - second) * 1000):03d}Z"
 
 
 def _delivery_seq(msg: Msg) -> int:

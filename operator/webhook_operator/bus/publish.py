@@ -1,0 +1,69 @@
+"""JetStream publications whose stream acks resolve futures: nats-py's ``publish_async``, leaner.
+
+Every delivery publishes twice with an awaited ack (fan-out's delivery message, the request-log record).
+nats-py's ``publish_async`` spends per publication a ``wait_for`` on a semaphore, random bytes for a
+token, a done-callback and a parsed ``PubAck`` nobody reads here. This keeps one reply subscription per
+connection, numbers the publications, and resolves each future with None, or with the stream's error
+(``APIError``, e.g. a full stream) or ``NoStreamResponseError`` (no stream for the subject).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+NO_RESPONDERS = "503"
+SWEEP_EVERY = 4096  # publications between two sweeps of abandoned futures (acks lost with a NATS node)
+
+
+class Publisher:
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.prefix = ""
+        self.futures: dict[str, asyncio.Future[None]] = {}
+        self.sequence = 0
+
+    async def start(self) -> None:
+        """Subscribe to this publisher's replies (once, before the first publication)."""
+        self.prefix = self.nc.new_inbox() + "."
+        await self.nc.subscribe(self.prefix + "*", cb=self._on_reply)
+
+    async def publish(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+    ) -> asyncio.Future[None]:
+        """Send one publication; the future completes with the stream's ack (cancel it to stop waiting)."""
+        self.sequence += 1
+        token = str(self.sequence)
+        if not self.sequence % SWEEP_EVERY:
+            self.futures = {key: future for key, future in self.futures.items() if not future.done()}
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.futures[token] = future
+        try:
+            await self.nc.publish(subject, payload, reply=self.prefix + token, headers=headers)
+        except BaseException:
+            del self.futures[token]
+            raise
+        return future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self.futures.pop(msg.subject[len(self.prefix) :], None)
+        if future is None or future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+            return
+        if b'"error"' not in msg.data:
+            future.set_result(None)
+            return
+        try:
+            error = json.loads(msg.data).get("error")
+            if isinstance(error, dict):
+                nats.js.errors.APIError.from_error(error)  # raises the error's own class
+        except Exception as exc:  # the stream's error, or a reply that is no JSON object
+            future.set_exception(exc)
+            return
+        future.set_result(None)  # "error" only inside a value: a plain ack

@@ -1,0 +1,149 @@
+"""Pulling a batch from a JetStream pull consumer: nats-py's ``fetch`` protocol, read off the queue directly.
+
+nats-py's ``PullSubscription.fetch`` waits for every message of a batch with ``next_msg``, which creates a
+task, a ``wait_for`` timer and a uuid per message: at thousands of deliveries a second, a tenth of the
+operator's CPU went to that. This sends the same pull requests in the same order (leftovers of an earlier
+request first; a ``no_wait`` request; if that brought nothing, one waiting until the timeout) and takes
+what has arrived straight from the subscription's queue, waiting with one ``asyncio.timeout`` only when it
+is empty. It relies on three attributes of nats-py's pull subscription (``_sub``, ``_nms``, ``_deliver``)
+and on its subscription's ``_pending_queue`` and ``_pending_size``, stable since nats-py 2.2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+
+STATUS = "Status"
+NO_MESSAGES = "404"
+REQUEST_TIMEOUT = "408"
+CONFLICT = "409"
+HEARTBEAT = "100"
+ENDS_REQUEST = frozenset({NO_MESSAGES, REQUEST_TIMEOUT})
+TEMPORARY = frozenset({NO_MESSAGES, REQUEST_TIMEOUT, CONFLICT})
+
+
+class _Queue:
+    """The subscription's pending messages, taken one at a time with nats-py's bookkeeping."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub._sub
+        self.queue: asyncio.Queue[Msg] = self.sub._pending_queue
+        self.conn = sub._nc
+
+    def take(self) -> Msg:
+        msg = self.queue.get_nowait()
+        self.sub._pending_size -= len(msg.data)
+        return msg
+
+    async def next(self, until: float) -> Msg:
+        """The next message, waiting until the loop time ``until``; TimeoutError after it."""
+        if not self.queue.empty():
+            return self.take()
+        if self.conn.is_closed:
+            raise nats.errors.ConnectionClosedError
+        loop = asyncio.get_running_loop()
+        if until <= loop.time():
+            raise TimeoutError
+        async with asyncio.timeout_at(until):
+            msg = await self.queue.get()
+        self.sub._pending_size -= len(msg.data)
+        return msg
+
+
+def status_of(msg: Msg) -> str | None:
+    headers = msg.headers
+    return headers.get(STATUS) if headers else None
+
+
+def _processable(status: str | None, msg: Msg) -> bool:
+    """A message to hand out (no status), a status that ends or interrupts a request, or an error."""
+    if status is None:
+        return True
+    if status in TEMPORARY:
+        return False
+    raise nats.js.errors.APIError.from_msg(msg)
+
+
+async def fetch(sub: Any, batch: int, wait_s: float) -> list[Msg]:
+    """Up to ``batch`` messages of the pull subscription ``sub`` within ``wait_s`` seconds, as
+    ``sub.fetch(batch, timeout=wait_s)``; TimeoutError when none came."""
+    if batch < 1 or wait_s <= 0:
+        raise ValueError("fetch: a batch of at least one and a positive timeout")
+    queue = _Queue(sub)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + wait_s
+    msgs: list[Msg] = []
+    # Leftovers: messages of an earlier request that arrived after it returned.
+    while not queue.queue.empty():
+        msg = queue.take()
+        if status_of(msg) is None:
+            msgs.append(msg)
+    needed = batch - len(msgs)
+    if needed <= 0:
+        return msgs
+    # What is there now. (With ``expires`` the server lets a no_wait request wait for a first message.)
+    request: dict[str, Any] = {"batch": needed, "no_wait": True}
+    if not msgs:
+        request["expires"] = int(wait_s * 1_000_000_000) - 100_000
+    await queue.conn.publish(sub._nms, json.dumps(request).encode(), sub._deliver)
+    try:
+        msg = await queue.next(until)
+    except TimeoutError:
+        if msgs:
+            return msgs
+        raise
+    status = status_of(msg)
+    if status != HEARTBEAT and _processable(status, msg):
+        msgs.append(msg)
+        needed -= 1
+        while needed > 0:
+            try:
+                msg = await queue.next(until)
+            except TimeoutError:
+                break
+            status = status_of(msg)
+            if status in ENDS_REQUEST:
+                break
+            if status != HEARTBEAT and _processable(status, msg):
+                msgs.append(msg)
+                needed -= 1
+    if msgs:
+        return msgs
+    # Nothing yet: one request that waits for messages until the timeout.
+    left = until - loop.time()
+    expires = int(left * 1_000_000_000) - 100_000
+    if expires <= 0:
+        raise TimeoutError
+    await queue.conn.publish(sub._nms, json.dumps({"batch": needed, "expires": expires}).encode(), sub._deliver)
+    while not msgs:
+        msg = await queue.next(until)  # TimeoutError: none came
+        status = status_of(msg)
+        if status == HEARTBEAT:
+            continue
+        if status is None:
+            msgs.append(msg)
+            needed -= 1
+            break
+        if status in TEMPORARY:
+            break  # this request ended: wait for what else arrives until the timeout, as nats-py does
+        raise nats.js.errors.APIError.from_msg(msg)
+    while needed > 0:
+        try:
+            msg = await queue.next(until)
+        except TimeoutError:
+            break
+        status = status_of(msg)
+        if status in ENDS_REQUEST:
+            break
+        if status != HEARTBEAT and _processable(status, msg):
+            msgs.append(msg)
+            needed -= 1
+    if not msgs:
+        raise TimeoutError
+    return msgs

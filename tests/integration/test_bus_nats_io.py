@@ -1,0 +1,125 @@
+"""bus/pull.py's fetch and bus/publish.py's Publisher on a real nats-server (JetStream, file storage)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats
+import nats.js.errors
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy
+
+from tests.support.nats import NatsServer
+from webhook_operator.bus import pull
+from webhook_operator.bus.publish import Publisher
+
+
+async def consumer(server: NatsServer, ack_wait_s: float = 30.0) -> tuple[nats.NATS, object, object]:
+    nc = await nats.connect(server.url)
+    js = nc.jetstream()
+    await js.add_stream(name="PULL", subjects=["pull.>"])
+    await js.add_consumer(
+        "PULL", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_waiting=16)
+    )
+    return nc, js, await js.pull_subscribe_bind("c", "PULL")
+
+
+async def test_fetch_returns_what_is_there_at_once_and_at_most_the_batch(nats_server: NatsServer) -> None:
+    nc, js, sub = await consumer(nats_server)
+    try:
+        for i in range(5):
+            await js.publish("pull.a", str(i).encode(), headers={"Nats-Msg-Id": f"m{i}"})  # type: ignore[attr-defined]
+        first = await pull.fetch(sub, 3, 2.0)
+        assert [m.data for m in first] == [b"0", b"1", b"2"]
+        began = time.monotonic()
+        rest = await pull.fetch(sub, 10, 2.0)
+        assert [m.data for m in rest] == [b"3", b"4"]
+        assert time.monotonic() - began < 1.0, "fewer than the batch must not wait for the timeout"
+        assert rest[0].headers == {"Nats-Msg-Id": "m3"} and rest[0].metadata.num_delivered == 1
+        for msg in first + rest:
+            await msg.ack()
+    finally:
+        await nc.close()
+
+
+async def test_fetch_waits_for_a_first_message_and_times_out_without_one(nats_server: NatsServer) -> None:
+    nc, js, sub = await consumer(nats_server)
+    try:
+        began = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await pull.fetch(sub, 5, 0.5)
+        assert 0.4 < time.monotonic() - began < 1.5
+
+        async def later() -> None:
+            await asyncio.sleep(0.3)
+            await js.publish("pull.b", b"late")  # type: ignore[attr-defined]
+
+        began = time.monotonic()
+        publisher = asyncio.ensure_future(later())
+        got = await pull.fetch(sub, 1, 3.0)
+        await publisher
+        assert [m.data for m in got] == [b"late"]
+        assert time.monotonic() - began < 2.0
+    finally:
+        await nc.close()
+
+
+async def test_a_message_arriving_after_a_fetch_returned_comes_with_the_next_one(nats_server: NatsServer) -> None:
+    nc, js, sub = await consumer(nats_server)
+    try:
+        with pytest.raises(TimeoutError):
+            await pull.fetch(sub, 4, 0.3)  # its waiting request may still be open on the server
+        await js.publish("pull.c", b"x")  # type: ignore[attr-defined]
+        got: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            try:
+                got = [m.data for m in await pull.fetch(sub, 4, 0.5)]
+            except TimeoutError:
+                pass
+        assert got == [b"x"], "not lost between two fetches, and not handed out twice"
+        with pytest.raises(TimeoutError):
+            await pull.fetch(sub, 4, 0.3)
+    finally:
+        await nc.close()
+
+
+async def test_an_unacked_message_comes_back_after_the_ack_wait(nats_server: NatsServer) -> None:
+    nc, js, sub = await consumer(nats_server, ack_wait_s=1.0)
+    try:
+        await js.publish("pull.d", b"again")  # type: ignore[attr-defined]
+        first = await pull.fetch(sub, 2, 1.0)
+        assert [m.metadata.num_delivered for m in first] == [1]
+        again = await pull.fetch(sub, 2, 3.0)
+        assert [(m.data, m.metadata.num_delivered) for m in again] == [(b"again", 2)]
+        await again[0].ack()
+    finally:
+        await nc.close()
+
+
+async def test_a_bad_fetch_is_refused() -> None:
+    with pytest.raises(ValueError):
+        await pull.fetch(object(), 0, 1.0)
+
+
+async def test_publisher_futures_complete_with_the_stream_ack_or_its_error(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        await js.add_stream(name="PUB", subjects=["pub.>"], max_msgs=3, discard=DiscardPolicy.NEW)
+        publisher = Publisher(nc)
+        await publisher.start()
+        acks = [await publisher.publish("pub.a", b"%d" % i, headers={"Nats-Msg-Id": f"id{i}"}) for i in range(3)]
+        assert await asyncio.gather(*acks) == [None, None, None]
+        again = await publisher.publish("pub.a", b"0", headers={"Nats-Msg-Id": "id0"})
+        assert await again is None, "a duplicate (dropped by the stream) is acked"
+        with pytest.raises(nats.js.errors.APIError) as full:
+            await (await publisher.publish("pub.a", b"4", headers={"Nats-Msg-Id": "id4"}))
+        assert full.value.err_code == 10077  # maximum messages exceeded
+        with pytest.raises(nats.js.errors.NoStreamResponseError):
+            await (await publisher.publish("nostream.a", b"x"))
+        assert (await js.stream_info("PUB")).state.messages == 3
+        assert not publisher.futures, "answered publications are forgotten"
+    finally:
+        await nc.close()
