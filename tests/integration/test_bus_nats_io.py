@@ -8,6 +8,8 @@ import time
 import nats
 import nats.js.errors
 import pytest
+from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy
 
 from tests.support.nats import NatsServer
@@ -93,6 +95,8 @@ async def test_an_unacked_message_comes_back_after_the_ack_wait(nats_server: Nat
         assert [m.metadata.num_delivered for m in first] == [1]
         again = await pull.fetch(sub, 2, 3.0)
         assert [(m.data, m.metadata.num_delivered) for m in again] == [(b"again", 2)]
+        meta = again[0].metadata
+        assert pull.delivery_info(again[0]) == (2, meta.sequence.stream, meta.sequence.consumer) == (2, 1, 2)
         await again[0].ack()
     finally:
         await nc.close()
@@ -113,7 +117,8 @@ async def test_publisher_futures_complete_with_the_stream_ack_or_its_error(nats_
         acks = [await publisher.publish("pub.a", b"%d" % i, headers={"Nats-Msg-Id": f"id{i}"}) for i in range(3)]
         assert await asyncio.gather(*acks) == [None, None, None]
         again = await publisher.publish("pub.a", b"0", headers={"Nats-Msg-Id": "id0"})
-        assert await again is None, "a duplicate (dropped by the stream) is acked"
+        await again
+        assert again.exception() is None, "a duplicate (dropped by the stream) is acked"
         with pytest.raises(nats.js.errors.APIError) as full:
             await (await publisher.publish("pub.a", b"4", headers={"Nats-Msg-Id": "id4"}))
         assert full.value.err_code == 10077  # maximum messages exceeded
@@ -123,3 +128,11 @@ async def test_publisher_futures_complete_with_the_stream_ack_or_its_error(nats_
         assert not publisher.futures, "answered publications are forgotten"
     finally:
         await nc.close()
+
+
+def test_delivery_info_reads_both_forms_of_the_reply_subject() -> None:
+    plain = Msg(_client=None, reply="$JS.ACK.S.c.3.1234.99.1700000000000000000.5")  # type: ignore[arg-type]
+    domain = Msg(_client=None, reply="$JS.ACK.dom.hash.S.c.3.1234.99.1700000000000000000.5.x")  # type: ignore[arg-type]
+    assert pull.delivery_info(plain) == pull.delivery_info(domain) == (3, 1234, 99)
+    with pytest.raises(NotJSMessageError):
+        pull.delivery_info(Msg(_client=None, reply="_INBOX.abc"))  # type: ignore[arg-type]

@@ -56,6 +56,16 @@ class _Queue:
         return msg
 
 
+def delivery_info(msg: Msg) -> tuple[int, int, int]:
+    """(times delivered, stream sequence, consumer sequence) of a JetStream message, from its reply subject:
+    ``msg.metadata`` builds two frozen dataclasses and a datetime for them, per message."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":  # $JS.ACK.<stream>.<consumer>.<n>...
+        return int(tokens[4]), int(tokens[5]), int(tokens[6])
+    meta = msg.metadata  # with a domain and account hash; raises for what is no JetStream message
+    return meta.num_delivered, meta.sequence.stream, meta.sequence.consumer
+
+
 def status_of(msg: Msg) -> str | None:
     headers = msg.headers
     return headers.get(STATUS) if headers else None

@@ -140,6 +140,7 @@ class BusWorker:
         self._held = asyncio.Semaphore(settings.max_concurrency * 2)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._folded: Msg | None = None  # last health record folded into memory and not acked yet
+        self._folded_seq = 0  # its stream sequence
         # Stream sequences of health records folded and not known to be acked: one whose ack was lost (a
         # NATS node gone) comes back after the ack wait and is not counted again.
         self._counted: set[int] = set()
@@ -464,7 +465,7 @@ class BusWorker:
                 return  # not acked: redelivered after the ack wait
             await asyncio.sleep(NOT_READY_RECHECK_S)
         assert state is not None
-        attempts = max(1, msg.metadata.num_delivered)  # a repeat after a crash counts as an attempt
+        attempts = max(1, pull.delivery_info(msg)[0])  # a repeat after a crash counts as an attempt
         result = await self._attempt(delivery, state, limited=on_controlled)
         if result is None:
             if on_controlled:
@@ -547,7 +548,7 @@ class BusWorker:
             replica=self.replica,
             message=msg.data,  # the message ``delivery`` was decoded from
         )
-        record_id = log_record_id(delivery, msg.metadata.num_delivered, outcome)
+        record_id = log_record_id(delivery, pull.delivery_info(msg)[0], outcome)
         tries = 0
         while True:
             try:
@@ -813,8 +814,7 @@ class BusWorker:
                 while (left := flush_at - loop.time()) > 0:
                     msgs = await self._fetch(sub, 1000, max(left, 0.05))
                     for msg in msgs:
-                        sequence = msg.metadata.sequence.stream
-                        delivery = msg.metadata.sequence.consumer
+                        _, sequence, delivery = pull.delivery_info(msg)
                         if self._last_delivery and delivery != self._last_delivery + 1:
                             self._hold_acks_until = loop.time() + 2 * HEALTH_ACK_WAIT_FACTOR * self.bus.ack_wait_s
                             log.warning("bus: a health record was lost on its way; acks wait for its redelivery")
@@ -822,8 +822,8 @@ class BusWorker:
                         if sequence not in self._counted:
                             self._counted.add(sequence)
                             fold_record(self.index, msg.subject, msg.data, on_attempt=webhooks.attempt_done)
-                        if self._folded is None or sequence > self._folded.metadata.sequence.stream:
-                            self._folded = msg
+                        if self._folded is None or sequence > self._folded_seq:
+                            self._folded, self._folded_seq = msg, sequence
                 if self._folded is None:
                     continue
                 try:
