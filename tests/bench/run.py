@@ -24,6 +24,7 @@ from devcluster.controlplane import ControlPlane
 from tests.bench import bus, phases
 from tests.bench.harness import Api, Operator, credentials_for, machine_info
 from tests.bench.receiver import ReceiverProcess
+from webhook_operator.cli import loop_factory
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "bench"
@@ -488,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         os.environ["KUBECONFIG"] = str(plane.kubeconfig)
         install_crds(plane.kubeconfig)
-        results = asyncio.run(run(args, plane, workdir))
+        # The operator's event loop (uvloop), so the in-process engine rate is the operator's own.
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            results = runner.run(run(args, plane, workdir))
     finally:
         if not args.keep_cluster:
             plane.down(quiet=True)
