@@ -194,6 +194,11 @@ class DeliveryEngine:
         # starts then, since its outcome could not be recorded and the next leader would repeat it.
         self._recording = asyncio.Event()
         self._recording.set()
+        # Cleared while the Lease is lost (suspend): nothing is sent, read for work or written; attempts
+        # already sent finish, and their outcomes are written if this process leads again (resume).
+        self._leading = asyncio.Event()
+        self._leading.set()
+        self._resumed = asyncio.Event()  # set by resume(): status writes backing off try again at once
         self.status_writes = 0
         self._unrecorded = 0  # attempts answered, outcome not yet written (see FLUSH_AFTER_S)
         self.max_unrecorded = settings.max_concurrency
@@ -470,7 +475,7 @@ class DeliveryEngine:
                     self._first_round_over(job)
                     await self._wait_for_turn(ordered_as, state)
                     continue
-                if not self._recording.is_set():
+                if not (self._recording.is_set() and self._leading.is_set()):
                     await self._until_recording()
                     continue
                 key = (job.namespace, name)
@@ -604,8 +609,14 @@ class DeliveryEngine:
         return waited
 
     async def _until_recording(self) -> None:
-        """Wait while status writes fail (or until stopping)."""
-        waits = [asyncio.ensure_future(self._recording.wait()), asyncio.ensure_future(self._stopping.wait())]
+        """Wait while status writes fail or the Lease is lost (or until stopping)."""
+        for ready in (self._leading, self._recording):
+            if not ready.is_set():
+                await self._until(ready)
+
+    async def _until(self, ready: asyncio.Event) -> None:
+        """Wait until ``ready`` is set or the engine stops."""
+        waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(self._stopping.wait())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -644,6 +655,8 @@ class DeliveryEngine:
         try:
             await self._acquire_slots(job, state, key)
             try:
+                if not self._leading.is_set():  # lost the Lease while queued: send nothing until it is back
+                    await self._until(self._leading)
                 if self._stopping.is_set():
                     self._global.release(key)
                     raise _Stopped()
@@ -761,6 +774,9 @@ class DeliveryEngine:
         async with job.write_lock:
             failures = 0
             while not job.gone:
+                if not self._leading.is_set():
+                    await self._leading.wait()  # only the Lease holder writes (aborted if another took it)
+                    failures = 0
                 # Built anew for every try: a retry writes what is current, not what failed to be written.
                 phase = event_phase(job.deliveries)
                 if final and phase not in FINAL_PHASES:
@@ -791,7 +807,8 @@ class DeliveryEngine:
                         "writing status of %s/%s failed (%s); try %d in %.1fs",
                         *(job.namespace, job.name, exc, failures + 1, delay),
                     )
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):  # leading again after an outage: at once
+                        await asyncio.wait_for(self._resumed.wait(), delay)
                     continue
                 finally:
                     slow.cancel()
@@ -861,6 +878,7 @@ class DeliveryEngine:
         """Read parked events again when they are due, a few at a time, while the engine has capacity."""
         while not self._stopping.is_set():
             self._parked_changed.clear()
+            await self._leading.wait()
             await self.wait_for_capacity()
             woken = self._parked.pop_due(now().timestamp())
             if woken is None:
@@ -877,6 +895,7 @@ class DeliveryEngine:
         self._uncount(parked)
         self._reading[uid] = None
         try:
+            await self._leading.wait()
             body = await with_retries(
                 lambda: self.kube.get(event_path(parked.namespace, parked.name)),
                 what=f"reading event {parked.namespace}/{parked.name}",
@@ -971,6 +990,7 @@ class DeliveryEngine:
 
     async def _delete_expired(self, uid: str, namespace: str, name: str) -> None:
         try:
+            await self._leading.wait()
             await with_retries(
                 lambda: self.kube.delete(event_path(namespace, name), uid=uid),
                 what=f"deleting expired event {namespace}/{name}",
@@ -998,6 +1018,22 @@ class DeliveryEngine:
                     "%d event(s) still in flight after %.0fs; their attempts are repeated later", len(pending), grace_s
                 )
         await self.abort()
+
+    def suspend(self) -> None:
+        """The Lease is lost: no attempt starts, nothing is written or read for work, until ``resume``
+        (this process leads again, nobody having led meanwhile) or ``abort`` (someone else did)."""
+        self._leading.clear()
+        self._resumed = asyncio.Event()
+
+    def resume(self) -> None:
+        """Leading again in the same term: outcomes answered meanwhile are written, work goes on."""
+        self._leading.set()
+        self._resumed.set()
+        self._capacity.set()
+
+    @property
+    def suspended(self) -> bool:
+        return not self._leading.is_set()
 
     async def abort(self) -> None:
         """Cancel everything at once (the Lease is lost: nothing may be written any more)."""
