@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -20,7 +21,7 @@ from typing import Any
 
 from webhook_operator.apiretry import backoff_delay, is_transient, retry_after_of, with_retries
 from webhook_operator.delivery.attempt import AttemptResult, send
-from webhook_operator.delivery.ordering import OrderingGate, OrderKey, order_key
+from webhook_operator.delivery.ordering import OrderingGate, OrderKey, ParkedInOrder, order_key
 from webhook_operator.delivery.queues import FairSlots, Parked, ParkedEvents
 from webhook_operator.delivery.ratelimit import Held, RateBuckets, TokenBucket, until_token
 from webhook_operator.delivery.redelivery import REDELIVER, REPLAY, Request, pending_request
@@ -82,6 +83,11 @@ FLUSH_AFTER_S = 5.0
 # memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
 # or hanging endpoint holds neither memory nor the watch for everyone else.
 MAX_WAITING_PER_WEBHOOK = 256
+# spec.ordering: deliveries this far back in their webhook's order wait outside memory (their place kept),
+# read again once they are this close to the head. An endpoint failing for a day with the events still
+# coming cannot grow the pod then.
+MAX_ORDERED_IN_MEMORY = 256
+ORDER_RECHECK_S = 1.0
 BUSY_RECHECK_S = 30.0
 # Parked events read again at once; a read that fails is tried again after this long.
 WAKE_CONCURRENCY = 16
@@ -123,6 +129,7 @@ class EventJob:
     order: OrderKey = ("", "", "")  # spec.ordering: (creationTimestamp, namespace, name)
     unrecorded: int = 0  # attempts whose outcome is in ``deliveries`` but not yet in a written status
     flush_due: bool = False  # a write of those outcomes is scheduled
+    matched: bool = False  # its deliveries were matched here, so the stored status does not hold them yet
 
     @property
     def handled(self) -> tuple[str | None, ...]:
@@ -208,6 +215,9 @@ class DeliveryEngine:
         self.ordering = OrderingGate()
         self.order_ready = asyncio.Event()
         self._order_moved: dict[WebhookKey, asyncio.Event] = {}
+        self._order_parked = ParkedInOrder()
+        self.max_ordered_in_memory = MAX_ORDERED_IN_MEMORY
+        self._order_task: asyncio.Task[None] | None = None
         # spec.rateLimit: one bucket per webhook (uid included: a recreated webhook starts full).
         self._buckets = RateBuckets()
         self._token_waiters: dict[WebhookKey, int] = {}  # deliveries queued for a webhook's rate-limit turn
@@ -222,7 +232,7 @@ class DeliveryEngine:
             job = self._jobs.get(uid)
             if job:
                 job.gone = True
-            self._unpark(uid)
+            self._unpark(uid, gone=True)
             self.retention.forget(uid)
             return
         status = body.get("status") or {}
@@ -236,6 +246,16 @@ class DeliveryEngine:
             if pending_request(meta, status) is None:
                 return
             self._unpark(uid)
+            self._take_up(body)
+            self._settle_order_places(uid)
+            return
+        self._take_up(body)
+
+    def _take_up(self, body: dict[str, Any]) -> None:
+        """A watched (or read) event not parked or being read: start, resume or answer it as its state says."""
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid", "")
+        status = body.get("status") or {}
         job = self._jobs.get(uid)
         if job is not None:
             # Whatever the version of this object: a request not yet answered is answered next.
@@ -293,6 +313,7 @@ class DeliveryEngine:
         if request is not None:
             self._unpark(uid)
             self._start(self._job_from(body, request=request))
+            self._settle_order_places(uid)
 
     def _job_from(
         self, body: dict[str, Any], *, request: Request | None = None, redeliver: str | None = None
@@ -391,6 +412,7 @@ class DeliveryEngine:
                     {"webhook": t.name, "id": message_id(job.uid, t.uid), "outcome": "Pending", "attempts": 0}
                     for t in targets
                 ]
+                job.matched = True
             open_entries = [d for d in job.deliveries if d.get("outcome") not in FINAL_OUTCOMES]
             parks: list[_Park] = []
             if open_entries:
@@ -471,8 +493,12 @@ class DeliveryEngine:
                 if state.spec.ordered and not (
                     self.order_ready.is_set() and self.ordering.may_attempt(ordered_as, job.order)
                 ):
-                    # Behind an earlier event of this webhook that is not final yet: wait, holding no slot.
+                    # Behind an earlier event of this webhook that is not final yet: wait, holding no slot;
+                    # far back in the order, outside memory (its key stays in the gate: its place is kept).
                     self._first_round_over(job)
+                    if self.ordering.position(ordered_as, job.order) >= self.max_ordered_in_memory:
+                        place, ordered_as = ordered_as, None
+                        return _Park(math.inf, entry["webhook"], record=job.matched, order=place)
                     await self._wait_for_turn(ordered_as, state)
                     continue
                 if not (self._recording.is_set() and self._leading.is_set()):
@@ -535,6 +561,11 @@ class DeliveryEngine:
         moved = self._order_moved.pop(webhook, None)
         if moved is not None:
             moved.set()
+        if webhook in self._order_parked_webhooks():
+            self._wake_in_order(webhook)
+
+    def _order_parked_webhooks(self) -> list[WebhookKey]:
+        return self._order_parked.webhooks() if len(self._order_parked) else []
 
     def _order_gauge(self, webhook: WebhookKey, state: WebhookState) -> None:
         blocked = self.ordering.blocked(webhook) if state.spec.ordered else 0
@@ -860,14 +891,68 @@ class DeliveryEngine:
             busy=[park.busy for park in parks if park.busy is not None],
             webhooks=webhooks,
         )
+        for park in parks:
+            if park.order is not None:
+                self._order_parked.add(job.uid, park.order, job.order)
+                if self._order_task is None:
+                    self._order_task = asyncio.ensure_future(self._order_loop())
         self._parked_changed.set()
         if self._wake_task is None:
             self._wake_task = asyncio.ensure_future(self._wake_loop())
 
-    def _unpark(self, uid: str) -> None:
+    def _unpark(self, uid: str, *, gone: bool = False) -> None:
+        """Out of the parked set (to be started, or ``gone``: deleted, its places in the order freed)."""
         parked = self._parked.discard(uid)
         if parked is not None:
             self._uncount(parked)
+        if gone:
+            for webhook, key in self._order_parked.pop(uid):
+                self._unorder(webhook, key)
+
+    def _settle_order_places(self, uid: str) -> None:
+        """After a parked event was read again (and maybe started): a place its job takes up again stays
+        (``ordering.add`` is idempotent; the delivery frees it when final); any other is freed."""
+        job = self._jobs.get(uid)
+        for webhook, key in self._order_parked.pop(uid):
+            current = self.index.get(webhook[0], webhook[1])
+            if (
+                job is not None
+                and current is not None
+                and current.uid == webhook[2]
+                and any(
+                    d.get("webhook") == webhook[1] and d.get("outcome") not in FINAL_OUTCOMES for d in job.deliveries
+                )
+            ):
+                continue
+            self._unorder(webhook, key)
+
+    def _wake_in_order(self, webhook: WebhookKey) -> None:
+        """Read again the parked deliveries of ``webhook`` that are near its head now."""
+        if not self.order_ready.is_set() or not self._leading.is_set():
+            return
+        for key in self.ordering.first(webhook, self.max_ordered_in_memory):
+            uid = self._order_parked.uid_at(webhook, key)
+            if uid is not None:
+                self._wake_parked(uid)
+
+    def _wake_parked(self, uid: str) -> None:
+        parked = self._parked.discard(uid)
+        if parked is not None:  # else already being read
+            self._spawn(self._wake(uid, parked))
+
+    async def _order_loop(self) -> None:
+        """Every second: parked Ordered deliveries near their head come back; so do all of a webhook that
+        is no longer Ordered (or deleted, disabled, recreated): they are then delivered or ended as usual."""
+        while not self._stopping.is_set():
+            await asyncio.sleep(ORDER_RECHECK_S)
+            for webhook in self._order_parked.webhooks():
+                state = self.index.get(webhook[0], webhook[1])
+                if state is None or state.uid != webhook[2] or not state.spec.ordered:
+                    if self._leading.is_set():
+                        for uid in self._order_parked.uids_of(webhook):
+                            self._wake_parked(uid)
+                else:
+                    self._wake_in_order(webhook)
 
     def _uncount(self, parked: Parked) -> None:
         for webhook in parked.webhooks:
@@ -922,6 +1007,8 @@ class DeliveryEngine:
             await self.on_event("MODIFIED", body)
         if requested is not None:
             await self.on_event("MODIFIED", requested)
+        if uid not in self._parked:  # parked again (nothing changed) keeps its places
+            self._settle_order_places(uid)
 
     # -- test payloads ------------------------------------------------------------------
     async def send_test(self, state: WebhookState, pattern: str) -> dict[str, Any]:
@@ -1040,8 +1127,9 @@ class DeliveryEngine:
         self._stopping.set()
         self._capacity.set()
         tasks = list(self._tasks)
-        if self._wake_task is not None:
-            tasks.append(self._wake_task)
+        for loop in (self._wake_task, self._order_task):
+            if loop is not None:
+                tasks.append(loop)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -1087,6 +1175,7 @@ class _Park:
     webhook: str
     busy: Hashable | None = None
     record: bool = False  # the event's status must hold this delivery before it leaves memory
+    order: WebhookKey | None = None  # an Ordered delivery far from its head: its place is kept there
 
 
 class _Stopped(Exception):
