@@ -948,9 +948,12 @@ class DeliveryEngine:
             for webhook in self._order_parked.webhooks():
                 state = self.index.get(webhook[0], webhook[1])
                 if state is None or state.uid != webhook[2] or not state.spec.ordered:
-                    if self._leading.is_set():
-                        for uid in self._order_parked.uids_of(webhook):
-                            self._wake_parked(uid)
+                    # Due now: the wake loop reads them a few at a time, as the engine has room.
+                    for uid in self._order_parked.uids_of(webhook):
+                        parked = self._parked.discard(uid)
+                        if parked is not None:
+                            self._parked.park(uid, parked.namespace, parked.name, 0.0, webhooks=parked.webhooks)
+                    self._parked_changed.set()
                 else:
                     self._wake_in_order(webhook)
 
