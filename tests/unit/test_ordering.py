@@ -73,7 +73,8 @@ def test_parked_places_are_found_by_key_and_forgotten_by_uid() -> None:
     parked.add("evt-1", other, key)
     parked.add("evt-1", hook, key)  # twice: one place
     assert len(parked) == 1 and parked.uid_at(hook, key) == "evt-1" and parked.uids_of(other) == ["evt-1"]
-    assert sorted(parked.webhooks()) == [hook, other]
+    assert sorted(parked.webhooks()) == [hook, other] and parked.holds(hook)
     assert parked.pop("evt-1") == [(hook, key), (other, key)]
     assert len(parked) == 0 and parked.webhooks() == [] and parked.uid_at(hook, key) is None
+    assert not parked.holds(hook)
     assert parked.pop("evt-1") == []

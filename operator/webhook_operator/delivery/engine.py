@@ -561,11 +561,8 @@ class DeliveryEngine:
         moved = self._order_moved.pop(webhook, None)
         if moved is not None:
             moved.set()
-        if webhook in self._order_parked_webhooks():
+        if self._order_parked.holds(webhook):
             self._wake_in_order(webhook)
-
-    def _order_parked_webhooks(self) -> list[WebhookKey]:
-        return self._order_parked.webhooks() if len(self._order_parked) else []
 
     def _order_gauge(self, webhook: WebhookKey, state: WebhookState) -> None:
         blocked = self.ordering.blocked(webhook) if state.spec.ordered else 0

@@ -89,6 +89,9 @@ class ParkedInOrder:
         if (webhook, key) not in places:
             places.append((webhook, key))
 
+    def holds(self, webhook: WebhookKey) -> bool:
+        return webhook in self._by_webhook
+
     def uid_at(self, webhook: WebhookKey, key: OrderKey) -> str | None:
         return self._by_webhook.get(webhook, {}).get(key)
 
