@@ -6,6 +6,12 @@ has not changed for ``lease_duration`` since we first saw it (renewTime written 
 machine is never compared with our clock). A leader that cannot renew for ``renew_deadline``
 (shorter than the lease) stops leading before anyone else may take over. Every write carries
 the resourceVersion read, so two candidates cannot both win.
+
+One departure from client-go: time in which a candidate could not read the Lease does not count
+towards its expiry, instead of the unchanged record being found expired at once. After an API-server
+outage the holder, which could not renew either, gets a whole lease duration to do so: it
+comes back before anyone else may, and its term *resumes* (``on_started(resumed=True)``),
+so what it did during the outage is recorded instead of repeated by a new leader.
 """
 
 from __future__ import annotations
@@ -105,6 +111,27 @@ def lease_expired(record: LeaseRecord, observed_at: float, now: float) -> bool:
     return now >= observed_at + record.lease_duration_s
 
 
+def observe(
+    record: LeaseRecord | None,
+    observed: LeaseRecord | None,
+    observed_at: float,
+    now: float,
+    *,
+    unseen_s: float = 0.0,
+) -> tuple[LeaseRecord | None, float]:
+    """The record we go by and since when it counts as unchanged. A change restarts the clock. Time in
+    which we could not read the Lease (``unseen_s``, since the last successful read) does not count:
+    the holder may not have been able to renew then either, so its silence proved nothing."""
+    if record != observed:
+        return record, now
+    return observed, min(now, observed_at + max(0.0, unseen_s))
+
+
+def resumes_term(record: LeaseRecord | None, identity: str) -> bool:
+    """Taking this Lease continues our last term: the record still names us, so nobody led since."""
+    return record is not None and record.holder == identity
+
+
 def may_acquire(record: LeaseRecord | None, identity: str, observed_at: float, now: float) -> bool:
     """Should ``identity`` write itself into this Lease (None: the Lease does not exist yet)?"""
     if record is None or record.holder == identity:
@@ -146,24 +173,32 @@ class ElectionConfig:
 
 
 Callback = Callable[[], Awaitable[None]]
+StartedCallback = Callable[[bool], Awaitable[None]]
 
 
 class LeaderElector:
-    """Campaigns for the Lease and keeps it; calls ``on_started``/``on_stopped`` at each change."""
+    """Campaigns for the Lease and keeps it; calls ``on_started``/``on_stopped`` at each change.
+
+    ``on_started(resumed)``: ``resumed`` when this process led last and nobody has held the Lease
+    since it stopped (its work of that term is still its own to finish and record). After stopping,
+    ``on_superseded`` is called once another holder (or a changed Lease) shows that term is over.
+    """
 
     def __init__(
         self,
         kube: KubeClient,
         config: ElectionConfig,
         *,
-        on_started: Callback,
+        on_started: StartedCallback,
         on_stopped: Callback,
+        on_superseded: Callback | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.config = config
         self.on_started = on_started
         self.on_stopped = on_stopped
+        self.on_superseded = on_superseded
         self.clock = clock
         self.leading = False
         self.path = resource_path("leases", config.namespace, config.name, group="coordination.k8s.io", version="v1")
@@ -171,6 +206,11 @@ class LeaderElector:
         self._observed_at = 0.0
         self._lease: dict[str, Any] | None = None  # the last Lease object read or written
         self._last_renewed = 0.0
+        self._blind = False  # the last read failed: the time unseen since the last good one does not count
+        self._last_read = 0.0
+        self._stopped_term = False  # we stopped leading and nobody else is known to have led since
+        self._resumes = False  # the last successful acquisition continued our own record
+        self._superseded = False
 
     async def run(self) -> None:
         """Campaign and lead until cancelled; steps down (without releasing) when renewals fail."""
@@ -178,13 +218,16 @@ class LeaderElector:
             if await self._try_acquire_or_renew():
                 if not self.leading:
                     self.leading = True
+                    resumed = self._stopped_term and self._resumes
+                    self._stopped_term = False
                     log.info(
-                        "became the leader (Lease %s/%s, identity %s)",
+                        "%s the leader (Lease %s/%s, identity %s)",
+                        "leading again as" if resumed else "became",
                         self.config.namespace,
                         self.config.name,
                         self.config.identity,
                     )
-                    await self.on_started()
+                    await self.on_started(resumed)
             elif self.leading and must_step_down(self._last_renewed, self.clock(), self.config.renew_deadline_s):
                 log.error(
                     "could not renew the Lease within %.0fs, or another replica holds it: no longer the leader; "
@@ -192,7 +235,15 @@ class LeaderElector:
                     self.config.renew_deadline_s,
                 )
                 self.leading = False
+                self._stopped_term = True
                 await self.on_stopped()
+            if self._superseded:
+                self._superseded = False
+                if self._stopped_term:
+                    self._stopped_term = False
+                    log.info("another replica has led since this one stopped: its unfinished work is dropped")
+                    if self.on_superseded is not None:
+                        await self.on_superseded()
             await asyncio.sleep(self.config.retry_period_s)
 
     async def _try_acquire_or_renew(self) -> bool:
@@ -204,6 +255,7 @@ class LeaderElector:
             return await asyncio.wait_for(self._attempt(), timeout=budget)
         except (ApiError, OSError, TimeoutError) as exc:
             log.warning("leader election: %s", exc or type(exc).__name__)
+            self._blind = True
             return False
         except Exception:  # a bug must not end the loop: a leader would then go on without renewing
             log.exception("leader election failed unexpectedly")
@@ -213,8 +265,12 @@ class LeaderElector:
         lease = await self.kube.get(self.path)
         now = self.clock()
         record = None if lease is None else LeaseRecord.from_lease(lease)
-        if record != self._observed:
-            self._observed, self._observed_at = record, now
+        unseen_s = now - self._last_read if self._blind else 0.0
+        self._observed, self._observed_at = observe(record, self._observed, self._observed_at, now, unseen_s=unseen_s)
+        self._blind, self._last_read = False, now
+        resumes = resumes_term(record, self.config.identity)
+        if not resumes and not self.leading:
+            self._superseded = True
         if not may_acquire(record, self.config.identity, self._observed_at, now):
             if self.leading:  # someone else holds it (our lease expired in their eyes): stop at once
                 self._last_renewed = float("-inf")
@@ -240,6 +296,7 @@ class LeaderElector:
             written = replaced
         self._remember(written, self.clock())
         self._last_renewed = self.clock()
+        self._resumes = resumes
         return True
 
     async def _put(self, lease: dict[str, Any], record: LeaseRecord) -> dict[str, Any] | None:

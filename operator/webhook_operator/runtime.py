@@ -156,8 +156,9 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
     runtime.elector = LeaderElector(
         runtime.lease_kube,
         ElectionConfig(settings.leader_election_namespace, settings.leader_election_id, holder_identity()),
-        on_started=lambda: _take_lead(runtime),
+        on_started=lambda resumed: _take_lead(runtime, resumed=resumed),
         on_stopped=lambda: _lose_lead(runtime),
+        on_superseded=lambda: _drop_suspended(runtime),
     )
     log.info(
         "campaigning for Lease %s/%s as %s",
@@ -168,9 +169,14 @@ async def start(runtime: Runtime, *, serve_metrics: bool = True) -> None:
     runtime.tasks.append(asyncio.create_task(runtime.elector.run(), name="leader-election"))
 
 
-async def _take_lead(runtime: Runtime) -> None:
+async def _take_lead(runtime: Runtime, *, resumed: bool = False) -> None:
     if runtime.stopping or runtime.leading:
         return
+    if runtime.engine.suspended:
+        if resumed:  # nobody led meanwhile: what the engine answered is written now, not sent again
+            runtime.engine.resume()
+        else:
+            await _drop_suspended(runtime)
     runtime.leading = True
     runtime.metrics.leader.set(1)
     # Off the elector's task, which must keep renewing the Lease meanwhile.
@@ -242,13 +248,23 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
 
 
 async def _lose_lead(runtime: Runtime) -> None:
-    """The Lease could not be renewed: stop every write at once (a new leader may be starting)."""
+    """The Lease could not be renewed: stop every write and every new attempt at once (a new leader may
+    be starting). The engine is suspended, not dropped: attempts already sent finish, and if this
+    process leads again before anyone else does (an API-server outage cut off every replica), their
+    outcomes are written then instead of being sent again by a new term."""
     if not runtime.leading:
         return
     runtime.leading = False
     runtime.metrics.leader.set(0)
     runtime.watches.clear()
+    runtime.engine.suspend()
     await _cancel(runtime.leader_tasks)
+
+
+async def _drop_suspended(runtime: Runtime) -> None:
+    """Another replica has led since we stopped: the suspended engine's work is that leader's now."""
+    if not runtime.engine.suspended:
+        return
     await runtime.engine.abort()
     s = runtime
     runtime.engine = _make_engine(s.settings, s.kube, s.index, s.metrics, s.client, s.webhooks)

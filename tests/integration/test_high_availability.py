@@ -260,6 +260,62 @@ def test_healthz_answers_before_webhooks_load_and_readyz_follows_the_api_server(
         proxy.close()
 
 
+def test_an_api_outage_that_costs_the_lease_resumes_the_same_term_and_sends_nothing_twice(
+    kubectl: KubectlFn,
+    namespace: str,
+    receiver: Receiver,
+    start_operator: StartOperator,
+    cluster: object,
+    tmp_path: Path,
+) -> None:
+    """Both replicas lose the API server for longer than the renew deadline while the leader's attempts
+    are answered: it stops leading, but when the API server is back it leads again before the standby
+    may (nobody could renew, so nobody's silence counts) and writes what was answered instead of a new
+    term sending it again. Before: every answered-but-unwritten delivery was sent twice."""
+    server = json.loads(kubectl("config", "view", "--minify", "-o", "json").stdout)["clusters"][0]["cluster"]["server"]
+    url = urlparse(server)
+    proxy = TcpProxy((url.hostname or "127.0.0.1", int(url.port or 443)))
+    proxied = proxy.kubeconfig(cluster.kubeconfig, tmp_path / "proxied.kubeconfig")  # type: ignore[attr-defined]
+    try:
+        first = start_operator(namespace, kubeconfig=proxied, env={"POD_NAME": "replica-a"})
+        second = start_operator(namespace, standby=True, kubeconfig=proxied, env={"POD_NAME": "replica-b"})
+        add_webhook(kubectl, namespace, receiver)
+        receiver.script("/hook", Reply(delay_s=3))
+        names = create_many(kubectl, namespace, 20)
+        receiver.wait_for(10, "/hook")  # the webhook's 10 slots are busy
+        proxy.cut()  # the API server is gone for both replicas; the receiver answers meanwhile
+        cut_at = time.monotonic()
+        wait_until(lambda: not is_leader(first), timeout=20, interval=0.2, what="the leader stops leading")
+        stopped_s = time.monotonic() - cut_at
+        answered = len(receiver.received("/hook"))
+        # Longer than the Lease: to the standby the record has not changed for more than its duration.
+        time.sleep(max(0.0, LEASE_DURATION_S + 1 - (time.monotonic() - cut_at)))
+        assert not is_leader(first) and not is_leader(second)
+        proxy.restore()
+        restored_at = time.monotonic()
+        wait_until(lambda: is_leader(first) or is_leader(second), timeout=LEASE_DURATION_S, what="a leader")
+        resumed_s = time.monotonic() - restored_at
+
+        receiver.script("/hook", Reply())
+        events = [wait_event_final(kubectl, namespace, n, timeout=60) for n in names]
+        assert [e["status"]["phase"] for e in events] == ["Delivered"] * 20
+        time.sleep(1)  # room for a second delivery, should one be coming
+        counts = delivered_ids(receiver)
+        duplicates = sum(c - 1 for c in counts.values())
+        print(
+            f"stepped down {stopped_s:.1f}s after the cut; {answered} sent before the API server was back; "
+            f"leading again {resumed_s:.1f}s after it was; duplicates {duplicates}"
+        )
+        assert answered >= 10
+        assert is_leader(first) and not is_leader(second), "the replica that stopped leads again"
+        assert "leading again as the leader" in first.log()
+        assert len(counts) == 20 and duplicates == 0, counts
+        assert lease_holder(kubectl, namespace).startswith("replica-a_")
+        assert "webhook_operator_delivery_attempts_total{" not in second.metrics()
+    finally:
+        proxy.close()
+
+
 def test_two_candidates_racing_for_one_lease_never_both_win(
     cluster: object, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

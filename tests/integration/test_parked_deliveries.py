@@ -375,3 +375,74 @@ async def test_a_backlog_behind_a_rate_limit_waits_outside_memory(
     finally:
         await engine.abort()
         await engine.client.aclose()
+
+
+async def test_an_ordered_backlog_far_from_its_head_waits_outside_memory_and_keeps_its_order(
+    kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path
+) -> None:
+    """While an Ordered webhook's head retries, the deliveries far behind it leave memory with their
+    place kept in the order; they come back as the head nears and arrive one at a time, in order, once."""
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=5, backoff_seconds=0.3, max_backoff_seconds=0.5, timeout_seconds=5)
+    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
+    hook.spec = WebhookSpec(url=hook.spec.url, events=hook.spec.events, retry=retry, ordered=True)
+    index.put(hook)
+    receiver.script("/hook", Reply(503), Reply(503), Reply(503), Reply(200))  # the head retries for ~1 s
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    engine.max_ordered_in_memory = 5
+    engine.order_ready.set()
+    # Names that sort as they are created: within one second of creationTimestamp the name orders.
+    names = [
+        create(kubectl, namespace, event_manifest("User.Created", {"i": i}, name=f"ord-{i:03d}")) for i in range(30)
+    ]
+    try:
+        bodies = [await kube.get(event_path(namespace, name)) or {} for name in names]
+        for body in bodies:
+            await engine.on_event("ADDED", body)
+        await until(lambda: engine.parked_events >= 24, within_s=10)
+        held = engine.active_jobs
+        assert held <= 6, f"{held} events held in memory behind the head"
+        await until(lambda: len(receiver.received()) >= 33, within_s=60)
+        await asyncio.sleep(0.5)  # room for a repeat, should one come
+        order = sorted(bodies, key=lambda b: (b["metadata"]["creationTimestamp"], b["metadata"]["name"]))
+        expected = [message_id(b["metadata"]["uid"], "uid-hook") for b in order]
+        got = [r.headers["webhook-id"] for r in receiver.received()]
+        assert list(dict.fromkeys(got)) == expected, "not in the order of (creationTimestamp, name)"
+        assert len(got) == 33, f"{len(got)} requests for 30 events and 3 retries"
+        await until(lambda: engine.active_jobs == 0 and engine.parked_events == 0, within_s=10)
+        for name in names:
+            assert await phase(kube, namespace, name) == "Delivered"
+        print(f"held in memory behind the head: {held} of 30 (every one before)")
+    finally:
+        await engine.abort()
+        await engine.client.aclose()
+
+
+async def test_ordered_deliveries_waiting_outside_memory_come_back_when_the_webhook_is_unordered(
+    kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path
+) -> None:
+    index = WebhookIndex()
+    retry = RetryPolicy(max_retries=50, backoff_seconds=0.5, max_backoff_seconds=1, timeout_seconds=5)
+    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
+    hook.spec = WebhookSpec(url=hook.spec.url, events=hook.spec.events, retry=retry, ordered=True)
+    index.put(hook)
+    receiver.script("/hook", Reply(503))  # the head fails until the end
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    engine.max_ordered_in_memory = 3
+    engine.order_ready.set()
+    names = [create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(12)]
+    try:
+        for name in names:
+            await engine.on_event("ADDED", await kube.get(event_path(namespace, name)) or {})
+        await until(lambda: engine.parked_events >= 9, within_s=10)
+        receiver.script("/hook", Reply(200))
+        unordered = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
+        index.put(unordered)  # the same webhook (uid), now Unordered
+        await until(lambda: engine.active_jobs == 0 and engine.parked_events == 0, within_s=15)
+        for name in names:
+            assert await phase(kube, namespace, name) == "Delivered"
+        ok = {r.headers["webhook-id"] for r in receiver.received()}
+        assert len(ok) == 12
+    finally:
+        await engine.abort()
+        await engine.client.aclose()

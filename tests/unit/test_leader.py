@@ -17,8 +17,10 @@ from webhook_operator.leader import (
     may_acquire,
     must_step_down,
     next_record,
+    observe,
     parse_micro_time,
     released_record,
+    resumes_term,
 )
 
 WALL = dt.datetime(2026, 12, 6, 4, 0, 0, 123456, tzinfo=dt.UTC)
@@ -45,6 +47,34 @@ def test_expiry_never_compares_the_holders_renew_time_with_our_clock() -> None:
     # A renewTime from long ago (or a skewed clock) does not matter: only how long we have seen no change.
     stale = LeaseRecord("other_1", 15, "2000-01-01T00:00:00.000000Z", "2000-01-01T00:00:00.000000Z", 0)
     assert not lease_expired(stale, observed_at=100.0, now=101.0)
+
+
+def test_the_expiry_clock_runs_while_the_record_is_unchanged_and_restarts_on_a_change() -> None:
+    assert observe(HELD, HELD, 100.0, 110.0) == (HELD, 100.0)
+    renewed = next_record(HELD, "other_1", 15.0, WALL)
+    assert observe(renewed, HELD, 100.0, 110.0) == (renewed, 110.0)
+    assert observe(None, HELD, 100.0, 110.0) == (None, 110.0)
+
+
+def test_time_the_lease_could_not_be_read_does_not_count_towards_its_expiry() -> None:
+    # An API-server outage: we saw HELD from 100, read it last at 101, could not read it until 161.
+    # The holder could not renew either: its silence then proves nothing, so 60 s are not counted.
+    observed, observed_at = observe(HELD, HELD, 100.0, 161.0, unseen_s=161.0 - 101.0)
+    assert (observed, observed_at) == (HELD, 160.0)
+    assert not may_acquire(observed, "me_1", observed_at, now=161.0)
+    assert not may_acquire(observed, "me_1", observed_at, now=174.9)
+    assert may_acquire(observed, "me_1", observed_at, now=175.0)  # the holder is really gone
+    # One failed read of a flaky API server costs a take-over only the time it left us blind.
+    assert observe(HELD, HELD, 100.0, 112.0, unseen_s=4.0) == (HELD, 104.0)
+    # Never later than now, whatever the figures.
+    assert observe(HELD, HELD, 100.0, 110.0, unseen_s=60.0) == (HELD, 110.0)
+
+
+def test_a_term_resumes_only_while_the_lease_still_names_us() -> None:
+    assert resumes_term(HELD, "other_1")
+    assert not resumes_term(HELD, "me_1")  # someone else has taken it since
+    assert not resumes_term(released_record(HELD, WALL), "other_1")  # released: a new term
+    assert not resumes_term(None, "other_1")
 
 
 def test_a_released_lease_is_taken_at_once() -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import time
 import uuid
 from collections import OrderedDict
@@ -20,7 +21,7 @@ from typing import Any
 
 from webhook_operator.apiretry import backoff_delay, is_transient, retry_after_of, with_retries
 from webhook_operator.delivery.attempt import AttemptResult, send
-from webhook_operator.delivery.ordering import OrderingGate, OrderKey, order_key
+from webhook_operator.delivery.ordering import OrderingGate, OrderKey, ParkedInOrder, order_key
 from webhook_operator.delivery.queues import FairSlots, Parked, ParkedEvents
 from webhook_operator.delivery.ratelimit import Held, RateBuckets, TokenBucket, until_token
 from webhook_operator.delivery.redelivery import REDELIVER, REPLAY, Request, pending_request
@@ -82,6 +83,11 @@ FLUSH_AFTER_S = 5.0
 # memory the same way and is read again when the webhook has room (or after BUSY_RECHECK_S), so a slow
 # or hanging endpoint holds neither memory nor the watch for everyone else.
 MAX_WAITING_PER_WEBHOOK = 256
+# spec.ordering: deliveries this far back in their webhook's order wait outside memory (their place kept),
+# read again once they are this close to the head. An endpoint failing for a day with the events still
+# coming cannot grow the pod then.
+MAX_ORDERED_IN_MEMORY = 256
+ORDER_RECHECK_S = 1.0
 BUSY_RECHECK_S = 30.0
 # Parked events read again at once; a read that fails is tried again after this long.
 WAKE_CONCURRENCY = 16
@@ -123,6 +129,7 @@ class EventJob:
     order: OrderKey = ("", "", "")  # spec.ordering: (creationTimestamp, namespace, name)
     unrecorded: int = 0  # attempts whose outcome is in ``deliveries`` but not yet in a written status
     flush_due: bool = False  # a write of those outcomes is scheduled
+    matched: bool = False  # its deliveries were matched here, so the stored status does not hold them yet
 
     @property
     def handled(self) -> tuple[str | None, ...]:
@@ -194,6 +201,11 @@ class DeliveryEngine:
         # starts then, since its outcome could not be recorded and the next leader would repeat it.
         self._recording = asyncio.Event()
         self._recording.set()
+        # Cleared while the Lease is lost (suspend): nothing is sent, read for work or written; attempts
+        # already sent finish, and their outcomes are written if this process leads again (resume).
+        self._leading = asyncio.Event()
+        self._leading.set()
+        self._resumed = asyncio.Event()  # set by resume(): status writes backing off try again at once
         self.status_writes = 0
         self._unrecorded = 0  # attempts answered, outcome not yet written (see FLUSH_AFTER_S)
         self.max_unrecorded = settings.max_concurrency
@@ -203,6 +215,9 @@ class DeliveryEngine:
         self.ordering = OrderingGate()
         self.order_ready = asyncio.Event()
         self._order_moved: dict[WebhookKey, asyncio.Event] = {}
+        self._order_parked = ParkedInOrder()
+        self.max_ordered_in_memory = MAX_ORDERED_IN_MEMORY
+        self._order_task: asyncio.Task[None] | None = None
         # spec.rateLimit: one bucket per webhook (uid included: a recreated webhook starts full).
         self._buckets = RateBuckets()
         self._token_waiters: dict[WebhookKey, int] = {}  # deliveries queued for a webhook's rate-limit turn
@@ -217,7 +232,7 @@ class DeliveryEngine:
             job = self._jobs.get(uid)
             if job:
                 job.gone = True
-            self._unpark(uid)
+            self._unpark(uid, gone=True)
             self.retention.forget(uid)
             return
         status = body.get("status") or {}
@@ -231,6 +246,16 @@ class DeliveryEngine:
             if pending_request(meta, status) is None:
                 return
             self._unpark(uid)
+            self._take_up(body)
+            self._settle_order_places(uid)
+            return
+        self._take_up(body)
+
+    def _take_up(self, body: dict[str, Any]) -> None:
+        """A watched (or read) event not parked or being read: start, resume or answer it as its state says."""
+        meta = body.get("metadata") or {}
+        uid = meta.get("uid", "")
+        status = body.get("status") or {}
         job = self._jobs.get(uid)
         if job is not None:
             # Whatever the version of this object: a request not yet answered is answered next.
@@ -288,6 +313,7 @@ class DeliveryEngine:
         if request is not None:
             self._unpark(uid)
             self._start(self._job_from(body, request=request))
+            self._settle_order_places(uid)
 
     def _job_from(
         self, body: dict[str, Any], *, request: Request | None = None, redeliver: str | None = None
@@ -386,6 +412,7 @@ class DeliveryEngine:
                     {"webhook": t.name, "id": message_id(job.uid, t.uid), "outcome": "Pending", "attempts": 0}
                     for t in targets
                 ]
+                job.matched = True
             open_entries = [d for d in job.deliveries if d.get("outcome") not in FINAL_OUTCOMES]
             parks: list[_Park] = []
             if open_entries:
@@ -466,11 +493,15 @@ class DeliveryEngine:
                 if state.spec.ordered and not (
                     self.order_ready.is_set() and self.ordering.may_attempt(ordered_as, job.order)
                 ):
-                    # Behind an earlier event of this webhook that is not final yet: wait, holding no slot.
+                    # Behind an earlier event of this webhook that is not final yet: wait, holding no slot;
+                    # far back in the order, outside memory (its key stays in the gate: its place is kept).
                     self._first_round_over(job)
+                    if self.ordering.position(ordered_as, job.order) >= self.max_ordered_in_memory:
+                        place, ordered_as = ordered_as, None
+                        return _Park(math.inf, entry["webhook"], record=job.matched, order=place)
                     await self._wait_for_turn(ordered_as, state)
                     continue
-                if not self._recording.is_set():
+                if not (self._recording.is_set() and self._leading.is_set()):
                     await self._until_recording()
                     continue
                 key = (job.namespace, name)
@@ -530,6 +561,8 @@ class DeliveryEngine:
         moved = self._order_moved.pop(webhook, None)
         if moved is not None:
             moved.set()
+        if self._order_parked.holds(webhook):
+            self._wake_in_order(webhook)
 
     def _order_gauge(self, webhook: WebhookKey, state: WebhookState) -> None:
         blocked = self.ordering.blocked(webhook) if state.spec.ordered else 0
@@ -604,8 +637,14 @@ class DeliveryEngine:
         return waited
 
     async def _until_recording(self) -> None:
-        """Wait while status writes fail (or until stopping)."""
-        waits = [asyncio.ensure_future(self._recording.wait()), asyncio.ensure_future(self._stopping.wait())]
+        """Wait while status writes fail or the Lease is lost (or until stopping)."""
+        for ready in (self._leading, self._recording):
+            if not ready.is_set():
+                await self._until(ready)
+
+    async def _until(self, ready: asyncio.Event) -> None:
+        """Wait until ``ready`` is set or the engine stops."""
+        waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(self._stopping.wait())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -644,6 +683,8 @@ class DeliveryEngine:
         try:
             await self._acquire_slots(job, state, key)
             try:
+                if not self._leading.is_set():  # lost the Lease while queued: send nothing until it is back
+                    await self._until(self._leading)
                 if self._stopping.is_set():
                     self._global.release(key)
                     raise _Stopped()
@@ -761,6 +802,9 @@ class DeliveryEngine:
         async with job.write_lock:
             failures = 0
             while not job.gone:
+                if not self._leading.is_set():
+                    await self._leading.wait()  # only the Lease holder writes (aborted if another took it)
+                    failures = 0
                 # Built anew for every try: a retry writes what is current, not what failed to be written.
                 phase = event_phase(job.deliveries)
                 if final and phase not in FINAL_PHASES:
@@ -791,7 +835,8 @@ class DeliveryEngine:
                         "writing status of %s/%s failed (%s); try %d in %.1fs",
                         *(job.namespace, job.name, exc, failures + 1, delay),
                     )
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):  # leading again after an outage: at once
+                        await asyncio.wait_for(self._resumed.wait(), delay)
                     continue
                 finally:
                     slow.cancel()
@@ -843,14 +888,71 @@ class DeliveryEngine:
             busy=[park.busy for park in parks if park.busy is not None],
             webhooks=webhooks,
         )
+        for park in parks:
+            if park.order is not None:
+                self._order_parked.add(job.uid, park.order, job.order)
+                if self._order_task is None:
+                    self._order_task = asyncio.ensure_future(self._order_loop())
         self._parked_changed.set()
         if self._wake_task is None:
             self._wake_task = asyncio.ensure_future(self._wake_loop())
 
-    def _unpark(self, uid: str) -> None:
+    def _unpark(self, uid: str, *, gone: bool = False) -> None:
+        """Out of the parked set (to be started, or ``gone``: deleted, its places in the order freed)."""
         parked = self._parked.discard(uid)
         if parked is not None:
             self._uncount(parked)
+        if gone:
+            for webhook, key in self._order_parked.pop(uid):
+                self._unorder(webhook, key)
+
+    def _settle_order_places(self, uid: str) -> None:
+        """After a parked event was read again (and maybe started): a place its job takes up again stays
+        (``ordering.add`` is idempotent; the delivery frees it when final); any other is freed."""
+        job = self._jobs.get(uid)
+        for webhook, key in self._order_parked.pop(uid):
+            current = self.index.get(webhook[0], webhook[1])
+            if (
+                job is not None
+                and current is not None
+                and current.uid == webhook[2]
+                and any(
+                    d.get("webhook") == webhook[1] and d.get("outcome") not in FINAL_OUTCOMES for d in job.deliveries
+                )
+            ):
+                continue
+            self._unorder(webhook, key)
+
+    def _wake_in_order(self, webhook: WebhookKey) -> None:
+        """Read again the parked deliveries of ``webhook`` that are near its head now."""
+        if not self.order_ready.is_set() or not self._leading.is_set():
+            return
+        for key in self.ordering.first(webhook, self.max_ordered_in_memory):
+            uid = self._order_parked.uid_at(webhook, key)
+            if uid is not None:
+                self._wake_parked(uid)
+
+    def _wake_parked(self, uid: str) -> None:
+        parked = self._parked.discard(uid)
+        if parked is not None:  # else already being read
+            self._spawn(self._wake(uid, parked))
+
+    async def _order_loop(self) -> None:
+        """Every second: parked Ordered deliveries near their head come back; so do all of a webhook that
+        is no longer Ordered (or deleted, disabled, recreated): they are then delivered or ended as usual."""
+        while not self._stopping.is_set():
+            await asyncio.sleep(ORDER_RECHECK_S)
+            for webhook in self._order_parked.webhooks():
+                state = self.index.get(webhook[0], webhook[1])
+                if state is None or state.uid != webhook[2] or not state.spec.ordered:
+                    # Due now: the wake loop reads them a few at a time, as the engine has room.
+                    for uid in self._order_parked.uids_of(webhook):
+                        parked = self._parked.discard(uid)
+                        if parked is not None:
+                            self._parked.park(uid, parked.namespace, parked.name, 0.0, webhooks=parked.webhooks)
+                    self._parked_changed.set()
+                else:
+                    self._wake_in_order(webhook)
 
     def _uncount(self, parked: Parked) -> None:
         for webhook in parked.webhooks:
@@ -861,6 +963,7 @@ class DeliveryEngine:
         """Read parked events again when they are due, a few at a time, while the engine has capacity."""
         while not self._stopping.is_set():
             self._parked_changed.clear()
+            await self._leading.wait()
             await self.wait_for_capacity()
             woken = self._parked.pop_due(now().timestamp())
             if woken is None:
@@ -877,6 +980,7 @@ class DeliveryEngine:
         self._uncount(parked)
         self._reading[uid] = None
         try:
+            await self._leading.wait()
             body = await with_retries(
                 lambda: self.kube.get(event_path(parked.namespace, parked.name)),
                 what=f"reading event {parked.namespace}/{parked.name}",
@@ -903,6 +1007,8 @@ class DeliveryEngine:
             await self.on_event("MODIFIED", body)
         if requested is not None:
             await self.on_event("MODIFIED", requested)
+        if uid not in self._parked:  # parked again (nothing changed) keeps its places
+            self._settle_order_places(uid)
 
     # -- test payloads ------------------------------------------------------------------
     async def send_test(self, state: WebhookState, pattern: str) -> dict[str, Any]:
@@ -971,6 +1077,7 @@ class DeliveryEngine:
 
     async def _delete_expired(self, uid: str, namespace: str, name: str) -> None:
         try:
+            await self._leading.wait()
             await with_retries(
                 lambda: self.kube.delete(event_path(namespace, name), uid=uid),
                 what=f"deleting expired event {namespace}/{name}",
@@ -999,13 +1106,30 @@ class DeliveryEngine:
                 )
         await self.abort()
 
+    def suspend(self) -> None:
+        """The Lease is lost: no attempt starts, nothing is written or read for work, until ``resume``
+        (this process leads again, nobody having led meanwhile) or ``abort`` (someone else did)."""
+        self._leading.clear()
+        self._resumed = asyncio.Event()
+
+    def resume(self) -> None:
+        """Leading again in the same term: outcomes answered meanwhile are written, work goes on."""
+        self._leading.set()
+        self._resumed.set()
+        self._capacity.set()
+
+    @property
+    def suspended(self) -> bool:
+        return not self._leading.is_set()
+
     async def abort(self) -> None:
         """Cancel everything at once (the Lease is lost: nothing may be written any more)."""
         self._stopping.set()
         self._capacity.set()
         tasks = list(self._tasks)
-        if self._wake_task is not None:
-            tasks.append(self._wake_task)
+        for loop in (self._wake_task, self._order_task):
+            if loop is not None:
+                tasks.append(loop)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -1051,6 +1175,7 @@ class _Park:
     webhook: str
     busy: Hashable | None = None
     record: bool = False  # the event's status must hold this delivery before it leaves memory
+    order: WebhookKey | None = None  # an Ordered delivery far from its head: its place is kept there
 
 
 class _Stopped(Exception):

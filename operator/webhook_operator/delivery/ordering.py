@@ -51,6 +51,13 @@ class OrderingGate:
         keys = self._open.get(webhook)
         return keys[0] if keys else None
 
+    def position(self, webhook: WebhookKey, key: OrderKey) -> int:
+        """How many open deliveries of the webhook come before ``key``."""
+        return bisect.bisect_left(self._open.get(webhook, ()), key)
+
+    def first(self, webhook: WebhookKey, count: int) -> list[OrderKey]:
+        return self._open.get(webhook, [])[:count]
+
     def blocked(self, webhook: WebhookKey) -> int:
         """Open deliveries behind the head."""
         return max(0, len(self._open.get(webhook, ())) - 1)
@@ -62,3 +69,45 @@ class OrderingGate:
         self._attempting[webhook] -= 1
         if self._attempting[webhook] <= 0:
             del self._attempting[webhook]
+
+
+class ParkedInOrder:
+    """Ordered deliveries far back in their webhook's order, waiting outside memory. Their key stays in
+    the gate (they keep their place); the event's uid is kept here to read it again once its place is
+    near the head, or when the webhook is no longer Ordered."""
+
+    def __init__(self) -> None:
+        self._by_webhook: dict[WebhookKey, dict[OrderKey, str]] = {}
+        self._of_uid: dict[str, list[tuple[WebhookKey, OrderKey]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._of_uid)
+
+    def add(self, uid: str, webhook: WebhookKey, key: OrderKey) -> None:
+        self._by_webhook.setdefault(webhook, {})[key] = uid
+        places = self._of_uid.setdefault(uid, [])
+        if (webhook, key) not in places:
+            places.append((webhook, key))
+
+    def holds(self, webhook: WebhookKey) -> bool:
+        return webhook in self._by_webhook
+
+    def uid_at(self, webhook: WebhookKey, key: OrderKey) -> str | None:
+        return self._by_webhook.get(webhook, {}).get(key)
+
+    def uids_of(self, webhook: WebhookKey) -> list[str]:
+        return list(dict.fromkeys(self._by_webhook.get(webhook, {}).values()))
+
+    def webhooks(self) -> list[WebhookKey]:
+        return list(self._by_webhook)
+
+    def pop(self, uid: str) -> list[tuple[WebhookKey, OrderKey]]:
+        """Forget ``uid``'s places; the caller decides whether their keys leave the gate."""
+        places = self._of_uid.pop(uid, [])
+        for webhook, key in places:
+            keys = self._by_webhook.get(webhook)
+            if keys is not None:
+                keys.pop(key, None)
+                if not keys:
+                    del self._by_webhook[webhook]
+        return places
