@@ -41,6 +41,13 @@ class _Queue:
         self.sub._pending_size -= len(msg.data)
         return msg
 
+    def put_back(self, msgs: list[Msg]) -> None:
+        """Messages taken but not handed out (the fetch was cancelled): left for the next fetch, which
+        returns them first, so that a caller stepping down can still give them back (nak)."""
+        for msg in msgs:
+            self.queue.put_nowait(msg)
+            self.sub._pending_size += len(msg.data)
+
     async def next(self, until: float) -> Msg:
         """The next message, waiting until the loop time ``until``; TimeoutError after it."""
         if not self.queue.empty():
@@ -86,9 +93,19 @@ async def fetch(sub: Any, batch: int, wait_s: float) -> list[Msg]:
     if batch < 1 or wait_s <= 0:
         raise ValueError("fetch: a batch of at least one and a positive timeout")
     queue = _Queue(sub)
+    msgs: list[Msg] = []
+    try:
+        return await _fetch(queue, sub, batch, wait_s, msgs)
+    except asyncio.CancelledError:
+        # Taken off the queue and not returned: lost to the caller, they would stay with this subscription
+        # unacknowledged until the ack wait, while a later AckAll of another puller could cover them.
+        queue.put_back(msgs)
+        raise
+
+
+async def _fetch(queue: _Queue, sub: Any, batch: int, wait_s: float, msgs: list[Msg]) -> list[Msg]:
     loop = asyncio.get_running_loop()
     until = loop.time() + wait_s
-    msgs: list[Msg] = []
     # Leftovers: messages of an earlier request that arrived after it returned.
     while not queue.queue.empty():
         msg = queue.take()
@@ -112,17 +129,7 @@ async def fetch(sub: Any, batch: int, wait_s: float) -> list[Msg]:
     if status != HEARTBEAT and _processable(status, msg):
         msgs.append(msg)
         needed -= 1
-        while needed > 0:
-            try:
-                msg = await queue.next(until)
-            except TimeoutError:
-                break
-            status = status_of(msg)
-            if status in ENDS_REQUEST:
-                break
-            if status != HEARTBEAT and _processable(status, msg):
-                msgs.append(msg)
-                needed -= 1
+        needed = await _rest_of_batch(queue, until, needed, msgs)
     if msgs:
         return msgs
     # Nothing yet: one request that waits for messages until the timeout.
@@ -143,6 +150,15 @@ async def fetch(sub: Any, batch: int, wait_s: float) -> list[Msg]:
         if status in TEMPORARY:
             break  # this request ended: wait for what else arrives until the timeout, as nats-py does
         raise nats.js.errors.APIError.from_msg(msg)
+    await _rest_of_batch(queue, until, needed, msgs)
+    if not msgs:
+        raise TimeoutError
+    return msgs
+
+
+async def _rest_of_batch(queue: _Queue, until: float, needed: int, msgs: list[Msg]) -> int:
+    """Append the messages a request still brings, until ``needed`` are in, it ends or time is up;
+    how many are still missing."""
     while needed > 0:
         try:
             msg = await queue.next(until)
@@ -154,6 +170,4 @@ async def fetch(sub: Any, batch: int, wait_s: float) -> list[Msg]:
         if status != HEARTBEAT and _processable(status, msg):
             msgs.append(msg)
             needed -= 1
-    if not msgs:
-        raise TimeoutError
-    return msgs
+    return needed
