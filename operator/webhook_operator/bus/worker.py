@@ -804,6 +804,9 @@ class BusWorker:
         sub = await self._pull(HEALTH_CONSUMER, LOG_STREAM)
         # Another leader may have read and acked in between: nothing of an earlier term is trusted.
         self._folded, self._counted, self._last_delivery, self._hold_acks_until = None, set(), 0, 0.0
+        # Records handed to the last leader and neither acked nor given back (lost with it) sit between the
+        # ack floor and our first record: counted as a gap, so that no ack of ours covers them unread.
+        self._last_delivery = await self._health_ack_floor()
         interval = self.settings.health_flush_s
         loop = asyncio.get_running_loop()
         try:
@@ -835,6 +838,16 @@ class BusWorker:
             # Records handed to this leader and not folded go back now: the next leader's first ack (of all
             # up to its last record) would otherwise take them along, uncounted.
             await self._return_unread(sub, interval)
+
+    async def _health_ack_floor(self) -> int:
+        """The health consumer's ack floor (consumer sequence); 0 when it cannot be read (no gap check then)."""
+        assert self.js is not None
+        try:
+            info = await self.js.consumer_info(LOG_STREAM, HEALTH_CONSUMER)
+        except Exception as exc:
+            log.warning("bus: reading the health consumer failed (%s)", exc)
+            return 0
+        return int(getattr(info.ack_floor, "consumer_seq", 0) or 0)
 
     async def _return_unread(self, sub: JetStreamContext.PullSubscription, wait_s: float) -> None:
         """Nak what a pull request brings after it returned, or a cancelled one until it expires (``wait_s``,
