@@ -377,20 +377,29 @@ async def test_a_backlog_behind_a_rate_limit_waits_outside_memory(
         await engine.client.aclose()
 
 
+async def ordered_engine(
+    kube: KubeClient, namespace: str, receiver: Receiver, ca_bundle: Path, retry: RetryPolicy, in_memory: int
+) -> tuple[WebhookIndex, DeliveryEngine]:
+    """An engine with one Ordered webhook "hook" (uid-hook) at /hook, keeping ``in_memory`` deliveries of
+    its order in memory, the first full list taken as done."""
+    index = WebhookIndex()
+    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
+    hook.spec = WebhookSpec(url=hook.spec.url, events=hook.spec.events, retry=retry, ordered=True)
+    index.put(hook)
+    engine = await make_engine(kube, index, ca_bundle, Settings())
+    engine.max_ordered_in_memory = in_memory
+    engine.order_ready.set()
+    return index, engine
+
+
 async def test_an_ordered_backlog_far_from_its_head_waits_outside_memory_and_keeps_its_order(
     kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path
 ) -> None:
     """While an Ordered webhook's head retries, the deliveries far behind it leave memory with their
     place kept in the order; they come back as the head nears and arrive one at a time, in order, once."""
-    index = WebhookIndex()
     retry = RetryPolicy(max_retries=5, backoff_seconds=0.3, max_backoff_seconds=0.5, timeout_seconds=5)
-    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
-    hook.spec = WebhookSpec(url=hook.spec.url, events=hook.spec.events, retry=retry, ordered=True)
-    index.put(hook)
     receiver.script("/hook", Reply(503), Reply(503), Reply(503), Reply(200))  # the head retries for ~1 s
-    engine = await make_engine(kube, index, ca_bundle, Settings())
-    engine.max_ordered_in_memory = 5
-    engine.order_ready.set()
+    _, engine = await ordered_engine(kube, namespace, receiver, ca_bundle, retry, in_memory=5)
     # Names that sort as they are created: within one second of creationTimestamp the name orders.
     names = [
         create(kubectl, namespace, event_manifest("User.Created", {"i": i}, name=f"ord-{i:03d}")) for i in range(30)
@@ -421,15 +430,9 @@ async def test_an_ordered_backlog_far_from_its_head_waits_outside_memory_and_kee
 async def test_ordered_deliveries_waiting_outside_memory_come_back_when_the_webhook_is_unordered(
     kube: KubeClient, kubectl: KubectlFn, namespace: str, receiver: Receiver, ca_bundle: Path
 ) -> None:
-    index = WebhookIndex()
     retry = RetryPolicy(max_retries=50, backoff_seconds=0.5, max_backoff_seconds=1, timeout_seconds=5)
-    hook = state(namespace, "hook", receiver.url("/hook"), ("User.Created",), retry, 10)
-    hook.spec = WebhookSpec(url=hook.spec.url, events=hook.spec.events, retry=retry, ordered=True)
-    index.put(hook)
     receiver.script("/hook", Reply(503))  # the head fails until the end
-    engine = await make_engine(kube, index, ca_bundle, Settings())
-    engine.max_ordered_in_memory = 3
-    engine.order_ready.set()
+    index, engine = await ordered_engine(kube, namespace, receiver, ca_bundle, retry, in_memory=3)
     names = [create(kubectl, namespace, event_manifest("User.Created", {"i": i})) for i in range(12)]
     try:
         for name in names:
