@@ -17,7 +17,16 @@ import pytest
 
 from tests.chaos.harness import record
 from tests.support.fixtures import StartOperator
-from tests.support.kube_helpers import KubectlFn, apply, get, metric_value, wait_ready, wait_until, webhook_manifest
+from tests.support.kube_helpers import (
+    FAST_RETRY,
+    KubectlFn,
+    apply,
+    get,
+    metric_value,
+    wait_ready,
+    wait_until,
+    webhook_manifest,
+)
 from tests.support.nats import (
     BackgroundPublisher,
     NatsCluster,
@@ -59,9 +68,9 @@ def bus_operator(
     return proc
 
 
-def add_webhooks(kubectl: KubectlFn, namespace: str, receiver: Receiver, names: Sequence[str]) -> None:
+def add_webhooks(kubectl: KubectlFn, namespace: str, receiver: Receiver, names: Sequence[str], **spec: object) -> None:
     for name in names:
-        apply(kubectl, namespace, webhook_manifest(name, receiver.url(f"/{name}"), ["User.Created"]))
+        apply(kubectl, namespace, webhook_manifest(name, receiver.url(f"/{name}"), ["User.Created"], **spec))
     for name in names:
         wait_ready(kubectl, namespace, name)
 
@@ -267,7 +276,9 @@ def test_sigkill_of_one_of_three_replicas_during_5000_events_x_5_webhooks_loses_
     procs = [bus_operator(start_operator, namespace, urls, *flags, replica=0)]
     procs += [bus_operator(start_operator, namespace, urls, *flags, replica=i, standby=True) for i in (1, 2)]
     names = ["a", "b", "c", "d", "e"]
-    add_webhooks(kubectl, namespace, receiver, names)
+    # A 30 s attempt timeout: on two cores shared by three replicas, NATS, the API server and this receiver,
+    # an answer now and then takes over 5 s, and its retry would be a repeat the kill did not cause.
+    add_webhooks(kubectl, namespace, receiver, names, retry={**FAST_RETRY, "timeoutSeconds": 30})
     events = 5000
     started = time.monotonic()
 

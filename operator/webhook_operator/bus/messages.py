@@ -267,9 +267,10 @@ def decode_deliveries(payload: bytes) -> tuple[list[Delivery], bytes | None]:
 
 
 def batch_id(deliveries: Sequence[Delivery]) -> str:
-    """The Nats-Msg-Id of a batch: the same for the same deliveries, so a fan-out repeated after a crash
-    is dropped by the stream (a changed subscriber set makes another batch: a repeat, never a loss)."""
-    digest = hashlib.sha256("\n".join(d.id + "/" + (d.redelivery or "") for d in deliveries).encode())
+    """The Nats-Msg-Id of a batch: the same for the same deliveries in any order, so a fan-out repeated after a
+    crash, by any replica, is dropped by the stream (a changed subscriber set makes another batch: a repeat,
+    never a loss)."""
+    digest = hashlib.sha256("\n".join(sorted(d.id + "/" + (d.redelivery or "") for d in deliveries)).encode())
     return "batch_" + digest.hexdigest()[:40]
 
 

@@ -106,6 +106,7 @@ CONTROL_INTERVAL_S = 1.0  # the Lease holder looks for controlled webhooks and s
 ORDER_POLL_S = 0.05  # an Ordered webhook waiting for its turn looks again this often
 MIN_RATE_WAIT_S = 0.001
 FOLD_ACK_TIMEOUT_S = 2.0
+BATCH_ACK_TIMEOUT_S = 2.0
 HEALTH_ACK_WAIT_FACTOR = 2  # the health consumer's ack wait, in --event-bus-ack-wait
 STREAM_EXISTS_OTHERWISE = 10058  # JetStream's "stream name already in use with a different configuration"
 # "no suitable peers for placement", "insufficient resources", "replicas > 1 not supported in non-clustered mode"
@@ -376,6 +377,9 @@ class BusWorker:
                     acks.append(await self._publish(delivery, published.data_json, to_controlled=True))
                 else:
                     shared.append(delivery)
+            # In webhook-id order: the same batches, under the same ids, whichever replica repeats a fan-out
+            # (replicas list subscribers in the order they learnt of the webhooks).
+            shared.sort(key=lambda delivery: delivery.id)
             for at in range(0, len(shared), BATCH_MAX):
                 chunk = shared[at : at + BATCH_MAX]
                 if len(chunk) == 1:
@@ -602,7 +606,13 @@ class BusWorker:
                 unsettled[0],
             )
             return
-        await msg.ack()
+        # Confirmed before its places are freed: an ack still in the client's buffer when the replica dies
+        # would send the whole batch again, beyond what the places bound.
+        try:
+            await msg.ack_sync(timeout=BATCH_ACK_TIMEOUT_S)
+        except Exception:
+            with contextlib.suppress(Exception):
+                await msg.ack()
 
     async def _batch_member(self, delivery: Delivery, data: bytes, attempts: int, slots: asyncio.Semaphore) -> None:
         """One delivery of a batch: settled here, or published on its own; raises if neither."""
