@@ -264,11 +264,19 @@ def test_nats_restart_mid_run_loses_nothing(
 
 
 # -- request log and the plugin ---------------------------------------------------------------
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "in-a-batch"])
 def test_request_log_and_plugin_logs_and_redeliver_in_bus_mode(
-    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+    kubectl: KubectlFn,
+    namespace: str,
+    receiver: Receiver,
+    start_operator: StartOperator,
+    nats_server: NatsServer,
+    batched: bool,
 ) -> None:
     bus_operator(start_operator, namespace, nats_server)
     add_webhook(kubectl, namespace, receiver, "hook", ["User.Created"], retry={"maxRetries": 1, "backoffSeconds": 0.1})
+    if batched:  # two subscribers: fan-out writes one message for both; the retry goes on its own
+        add_webhook(kubectl, namespace, receiver, "other", ["User.Created"])
     receiver.script("/hook", Reply(200), Reply(500), Reply(500), Reply(200))
 
     publish(nats_server.url, namespace, {"event": "User.Created", "data": {"n": 1}}, msg_ids=["ok-1"])
@@ -299,6 +307,9 @@ def test_request_log_and_plugin_logs_and_redeliver_in_bus_mode(
     assert requests[-1].headers["webhook-id"] == requests[1].headers["webhook-id"], "the same webhook-id"
     missing = kubectl("webhooks", "redeliver", "ok-1", *bus, check=False)
     assert missing.returncode == 1 and "no failed delivery" in missing.stderr
+    if batched:
+        assert Counter(r.headers["webhook-id"] for r in receiver.received("/other")).most_common(1)[0][1] == 1
+        assert len(receiver.received("/other")) == 2
 
 
 # -- the ingress publishes to the bus ------------------------------------------------------------

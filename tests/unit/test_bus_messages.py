@@ -17,8 +17,12 @@ from webhook_operator.bus.config import PASSWORD_ENV, BusSettings, connect_optio
 from webhook_operator.bus.messages import (
     BadMessage,
     Delivery,
+    batch_id,
+    batch_subject,
+    decode_deliveries,
     deliveries_subject,
     derived_event_id,
+    encode_batch,
     log_record,
     log_record_id,
     log_subject,
@@ -97,6 +101,40 @@ def test_delivery_messages_keep_the_data_exactly_as_json_writes_it() -> None:
     assert body == build_body(hook_id="h", event="A", created_at="c", event_id="e", data=expected)
     seq = dataclasses.replace(DELIVERY, redelivery="R", seq=7)
     assert json.loads(seq.encode()) == {**json.loads(DELIVERY.encode()), "redelivery": "R", "seq": 7}
+
+
+def test_a_batch_carries_one_event_for_several_webhooks_and_each_delivery_splices_its_own_message() -> None:
+    published = parse_published(
+        "webhook-operator.events.shop",
+        b'{"event": "User.Created", "data": {"big": 1180591620717411303424, "t": "zo\\u00eb", "q": "\\",\\"data\\":"}}',
+    )
+    first = dataclasses.replace(DELIVERY, data=published.data, seq=9)
+    second = dataclasses.replace(first, webhook="crm", webhook_uid="uid-2", id="msg_2")
+    message = encode_batch([first, second], published.data_json)
+    deliveries, data = decode_deliveries(message)
+    assert deliveries == [first, second] and data == published.data_json
+    # Each delivery's own message, for its log record (redeliver, replay), is what fan-out would write for it.
+    assert data is not None
+    assert [d.encode(data) for d in deliveries] == [first.encode(published.data_json), second.encode()]
+    assert decode_deliveries(first.encode()) == ([first], None)
+    with pytest.raises(BadMessage):
+        Delivery.decode(message)  # a batch is no single delivery
+    with pytest.raises(BadMessage):
+        decode_deliveries(b'{"namespace": "shop", "event": "A", "eventId": "e", "createdAt": "c", "targets": []}')
+    assert batch_subject("shop") == "webhook-operator.deliveries.shop._batch"
+
+
+def test_batch_ids_are_the_same_for_the_same_deliveries_only() -> None:
+    other = dataclasses.replace(DELIVERY, id="msg_2")
+    assert batch_id([DELIVERY, other]) == batch_id([DELIVERY, other])
+    assert batch_id([DELIVERY, other]) != batch_id([DELIVERY, dataclasses.replace(other, id="msg_3")])
+    assert batch_id([DELIVERY, other]) != batch_id([DELIVERY, dataclasses.replace(other, redelivery="R")])
+
+
+def test_a_retry_from_a_batch_carries_its_attempts_and_due_time() -> None:
+    again = DELIVERY.retry(1, "2026-01-02T03:04:10.000Z")
+    assert Delivery.decode(again.encode()) == again
+    assert json.loads(again.encode())["after"] == 1 and "after" not in json.loads(DELIVERY.encode())
 
 
 @pytest.mark.parametrize("data", [b"NaN", b"[Infinity]", b'"\\ud800"'])

@@ -3,7 +3,10 @@
 Subjects (``<webhook>`` has its dots written as ``~``, which no Kubernetes name contains):
 
 - ``webhook-operator.events.<namespace>``: what applications publish, ``{"event", "data"}``;
-- ``webhook-operator.deliveries.<namespace>.<webhook>``: one message per (event, webhook), from fan-out;
+- ``webhook-operator.deliveries.<namespace>.<webhook>``: one message per (event, webhook): from fan-out when
+  the event has one subscriber on this path, a retry, a redelivery, or one waiting for its webhook;
+- ``webhook-operator.deliveries.<namespace>._batch``: from fan-out, one message for up to ``BATCH_MAX`` of
+  an event's subscribers (``_`` is in no Kubernetes name): taken by one replica, which attempts them all;
 - ``webhook-operator.controlled.<namespace>.<webhook>``: the same for a webhook with ``spec.rateLimit`` or
   ``spec.ordering: Ordered``, pulled by the Lease holder alone through the webhook's own consumer;
 - ``webhook-operator.log.<namespace>.<webhook>``: one record per attempt, the request log and the
@@ -15,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -37,6 +41,8 @@ HEALTH_CONSUMER = "health"
 MSG_ID_HEADER = "Nats-Msg-Id"
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1d4c0e-8f57-4a43-9a49-5b1b8f0c6a11")
 FINAL = ("Succeeded", "Failed")
+BATCH_MAX = 64  # deliveries of one event in one message at most
+BATCH_TOKEN = "_batch"
 
 
 def dumps(value: Any) -> bytes:
@@ -61,6 +67,10 @@ def events_subject(namespace: str) -> str:
 
 def deliveries_subject(namespace: str, webhook: str) -> str:
     return f"{DELIVERIES_PREFIX}{namespace}.{webhook.replace('.', '~')}"
+
+
+def batch_subject(namespace: str) -> str:
+    return f"{DELIVERIES_PREFIX}{namespace}.{BATCH_TOKEN}"
 
 
 def log_subject(namespace: str, webhook: str) -> str:
@@ -154,6 +164,10 @@ class Delivery:
     data: Any
     redelivery: str | None = None  # requestedAt of a `kubectl webhooks redeliver` (or replay)
     seq: int = 0  # the event's sequence in the events stream: the order of spec.ordering Ordered
+    # A retry published on its own after attempts from a batch: how many were made, and when the next is
+    # due (the message's first receipt waits until then; its n-th receipt is attempt after + n - 1).
+    after: int = 0
+    due: str | None = None
 
     def encode(self, data: bytes | None = None) -> bytes:
         """The message; ``data``: ``encode_data(self.data)`` when the caller has it (fan-out, once per event)."""
@@ -173,27 +187,90 @@ class Delivery:
             tail["redelivery"] = self.redelivery
         if self.seq:
             tail["seq"] = self.seq
+        if self.after:
+            tail["after"] = self.after
+            tail["due"] = self.due
         rest = b"," + dumps(tail)[1:] if tail else b"}"
         return head[:-1] + b',"data":' + (encode_data(self.data) if data is None else data) + rest
 
     @classmethod
     def decode(cls, payload: bytes) -> Delivery:
-        try:
-            body = json.loads(payload.decode())  # UTF-8 only: a final log record carries these bytes as they are
-            return cls(
-                namespace=str(body["namespace"]),
-                webhook=str(body["webhook"]),
-                webhook_uid=str(body["webhookUid"]),
-                id=str(body["id"]),
-                event=str(body["event"]),
-                event_id=str(body["eventId"]),
-                created_at=str(body["createdAt"]),
-                data=body.get("data"),
-                redelivery=body.get("redelivery"),
-                seq=int(body.get("seq") or 0),
-            )
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
-            raise BadMessage("delivery", f"not a delivery message: {exc}") from None
+        """One delivery message (not a batch)."""
+        body = _load(payload)
+        if "targets" in body:
+            raise BadMessage("delivery", "not a delivery message: a batch")
+        return _delivery(body, body)
+
+    def retry(self, attempts: int, due: str) -> Delivery:
+        """This delivery as a message of its own, after ``attempts`` attempts, next due at ``due``."""
+        return replace(self, after=attempts, due=due)
+
+
+def _load(payload: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(payload.decode())  # UTF-8 only: a final log record carries these bytes as they are
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadMessage("delivery", f"not a delivery message: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadMessage("delivery", "not a delivery message: not a JSON object")
+    return body
+
+
+def _delivery(body: dict[str, Any], target: dict[str, Any]) -> Delivery:
+    try:
+        return Delivery(
+            namespace=str(body["namespace"]),
+            webhook=str(target["webhook"]),
+            webhook_uid=str(target["webhookUid"]),
+            id=str(target["id"]),
+            event=str(body["event"]),
+            event_id=str(body["eventId"]),
+            created_at=str(body["createdAt"]),
+            data=body.get("data"),
+            redelivery=body.get("redelivery"),
+            seq=int(body.get("seq") or 0),
+            after=int(target.get("after") or 0),
+            due=target.get("due"),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadMessage("delivery", f"not a delivery message: {exc}") from None
+
+
+def encode_batch(deliveries: Sequence[Delivery], data: bytes) -> bytes:
+    """One message for several deliveries of one event (fan-out; ``data``: ``encode_data``), data last."""
+    first = deliveries[0]
+    head = dumps(
+        {
+            "namespace": first.namespace,
+            "event": first.event,
+            "eventId": first.event_id,
+            "createdAt": first.created_at,
+            "seq": first.seq,
+            "targets": [{"webhook": d.webhook, "webhookUid": d.webhook_uid, "id": d.id} for d in deliveries],
+        }
+    )
+    return head[:-1] + b',"data":' + data + b"}"
+
+
+def decode_deliveries(payload: bytes) -> tuple[list[Delivery], bytes | None]:
+    """The deliveries of a message on the deliveries path (one, or a batch's), and for a batch its data as
+    written (each delivery's own message, for its log record, is spliced from it: ``Delivery.encode``)."""
+    body = _load(payload)
+    targets = body.get("targets")
+    if targets is None:
+        return [_delivery(body, body)], None
+    if not isinstance(targets, list) or not targets:
+        raise BadMessage("delivery", "not a delivery message: 'targets' must be a list of webhooks")
+    marker = payload.find(b',"data":')
+    data = payload[marker + len(b',"data":') : -1] if marker > 0 and payload.endswith(b"}") else None
+    return [_delivery(body, target) for target in targets], data
+
+
+def batch_id(deliveries: Sequence[Delivery]) -> str:
+    """The Nats-Msg-Id of a batch: the same for the same deliveries, so a fan-out repeated after a crash
+    is dropped by the stream (a changed subscriber set makes another batch: a repeat, never a loss)."""
+    digest = hashlib.sha256("\n".join(d.id + "/" + (d.redelivery or "") for d in deliveries).encode())
+    return "batch_" + digest.hexdigest()[:40]
 
 
 def log_record_id(delivery: Delivery, delivered: int, outcome: str) -> str:

@@ -45,6 +45,7 @@ from webhook_operator.bus.control import (
     ordered_turn,
 )
 from webhook_operator.bus.messages import (
+    BATCH_MAX,
     CONSUMER_PREFIX,
     CONTROLLED_PREFIX,
     CONTROLLED_STREAM,
@@ -61,10 +62,14 @@ from webhook_operator.bus.messages import (
     MSG_ID_HEADER,
     BadMessage,
     Delivery,
+    batch_id,
+    batch_subject,
     controlled_consumer,
     controlled_subject,
+    decode_deliveries,
     deliveries_subject,
     derived_event_id,
+    encode_batch,
     events_subject,
     log_record,
     log_record_id,
@@ -155,6 +160,7 @@ class BusWorker:
         self._connecting = asyncio.Lock()
         # spec.rateLimit on the controlled path (the Lease holder): one bucket and turn per webhook uid.
         self._buckets = RateBuckets()
+        self._per_message = 1  # deliveries in the last batch taken: how many messages the free places ask for
 
     # -- connection and topology ---------------------------------------------------------
     async def connect(self) -> None:
@@ -337,7 +343,8 @@ class BusWorker:
                 await asyncio.gather(*(self._fan_out(m) for m in msgs))
 
     async def _fan_out(self, msg: Msg) -> None:
-        """One event → one delivery message per matching webhook, stored before the event is acked."""
+        """One event → its deliveries stored before the event is acked: one message per controlled webhook,
+        and one batch message for the others (a message of its own when there is just one)."""
         try:
             published = parse_published(msg.subject, msg.data)
         except BadMessage as exc:
@@ -349,37 +356,59 @@ class BusWorker:
         )
         created_at = format_created_at(meta.timestamp)
         payload = filter_input(published.event, event_id, created_at, published.data)
-        deliveries = [
-            Delivery(
-                namespace=published.namespace,
-                webhook=target.name,
-                webhook_uid=target.uid,
-                id=message_id(event_id, target.uid),
-                event=published.event,
-                event_id=event_id,
-                created_at=created_at,
-                data=published.data,
-                seq=meta.sequence.stream,
-            )
-            for target in self.index.subscribers(published.namespace, published.event, payload)
-        ]
+        shared: list[Delivery] = []
+        acks: list[asyncio.Future[Any]] = []
         try:
-            # Pipelined: every delivery is sent, then the acks are awaited together.
-            await self._stored([await self._publish_delivery(d, published.data_json) for d in deliveries])
+            # Pipelined: every message is sent, then the acks are awaited together.
+            for target in self.index.subscribers(published.namespace, published.event, payload):
+                delivery = Delivery(
+                    namespace=published.namespace,
+                    webhook=target.name,
+                    webhook_uid=target.uid,
+                    id=message_id(event_id, target.uid),
+                    event=published.event,
+                    event_id=event_id,
+                    created_at=created_at,
+                    data=published.data,
+                    seq=meta.sequence.stream,
+                )
+                if controlled(self.index.get(delivery.namespace, delivery.webhook)):
+                    acks.append(await self._publish(delivery, published.data_json, to_controlled=True))
+                else:
+                    shared.append(delivery)
+            for at in range(0, len(shared), BATCH_MAX):
+                chunk = shared[at : at + BATCH_MAX]
+                if len(chunk) == 1:
+                    acks.append(await self._publish(chunk[0], published.data_json, to_controlled=False))
+                    continue
+                assert self.publisher is not None
+                acks.append(
+                    await self.publisher.publish(
+                        batch_subject(published.namespace),
+                        encode_batch(chunk, published.data_json),
+                        headers={MSG_ID_HEADER: batch_id(chunk)},
+                    )
+                )
+            await self._stored(acks)
             await msg.ack()
         except Exception as exc:
             # Not acked: the event comes back (here or to another replica) and its deliveries are
             # published again under the same ids, which the deliveries stream de-duplicates.
             log.warning("bus: fan-out of an event in %s failed (%s); it is retried", published.namespace, exc)
+            for ack in acks:
+                ack.cancel()
             with contextlib.suppress(Exception):
                 await msg.nak(delay=1.0)
 
-    async def _publish_delivery(self, delivery: Delivery, data: bytes) -> asyncio.Future[Any]:
+    async def _publish(
+        self, delivery: Delivery, data: bytes | None, *, to_controlled: bool, msg_id: str | None = None
+    ) -> asyncio.Future[Any]:
+        """One delivery as a message of its own (``data``: its ``encode_data``, if at hand); the ack's future."""
         assert self.publisher is not None
         return await self.publisher.publish(
-            self._subject_for(delivery, controlled(self.index.get(delivery.namespace, delivery.webhook))),
+            self._subject_for(delivery, to_controlled),
             delivery.encode(data),
-            headers={MSG_ID_HEADER: delivery.id},
+            headers={MSG_ID_HEADER: msg_id or delivery.id},
         )
 
     @staticmethod
@@ -410,25 +439,69 @@ class BusWorker:
     async def _deliver_loop(self) -> None:
         sub = await self._pull(DELIVER_CONSUMER, DELIVERIES_STREAM)
         limit = self.settings.max_concurrency * 2
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             await self._held.acquire()  # at least one free place before asking for more
             self._held.release()
-            free = max(1, min(limit, _free(self._held)))
-            msgs = await self._fetch(sub, free, 1.0)
+            # A batch takes a place per delivery: ask for about as many messages as there are free places.
+            msgs = await self._fetch(sub, max(1, min(limit, _free(self._held)) // self._per_message), 1.0)
             for msg in msgs:
-                await self._held.acquire()
-                self._spawn(self._deliver(msg, on_controlled=False))
+                self._held_since[id(msg)] = (msg, loop.time())  # kept alive while waiting for places too
+            try:
+                while msgs:
+                    msg = msgs[0]
+                    try:
+                        decoded = decode_deliveries(msg.data)
+                    except BadMessage as exc:
+                        self._held_since.pop(id(msgs.pop(0)), None)
+                        await self._terminate(msg, exc)
+                        continue
+                    # Every place a message needs, taken here in turn: no batch waits holding part of them.
+                    places = min(len(decoded[0]), limit)
+                    if decoded[1] is not None:
+                        self._per_message = places
+                    for taken in range(places):
+                        try:
+                            await self._held.acquire()
+                        except BaseException:
+                            for _ in range(taken):
+                                self._held.release()
+                            raise
+                    self._spawn(self._deliver(msgs.pop(0), on_controlled=False, decoded=decoded, taken=places))
+            finally:
+                for msg in msgs:  # cancelled while waiting: no keep-alive for them (they come back)
+                    self._held_since.pop(id(msg), None)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, msg: Msg, *, on_controlled: bool, places: asyncio.Semaphore | None = None) -> None:
-        """Deliver one message, then free its place (``places``, else this replica's shared ones)."""
+    async def _deliver(
+        self,
+        msg: Msg,
+        *,
+        on_controlled: bool,
+        places: asyncio.Semaphore | None = None,
+        decoded: tuple[list[Delivery], bytes | None] | None = None,
+        taken: int = 1,
+    ) -> None:
+        """Deliver one message, then free the ``taken`` places it holds (of ``places``, else this replica's
+        shared ones): as long as a batch is not acked, its deliveries keep theirs, so what a killed replica
+        sent and had not acked (sent again by another) stays within the places."""
         self._held_since[id(msg)] = (msg, asyncio.get_running_loop().time())
         try:
-            await self._deliver_one(msg, on_controlled=on_controlled)
+            if decoded is None:
+                try:
+                    decoded = decode_deliveries(msg.data)
+                except BadMessage as exc:
+                    await self._terminate(msg, exc)
+                    return
+            deliveries, batch_data = decoded
+            if batch_data is None:
+                await self._deliver_one(msg, deliveries[0], on_controlled=on_controlled)
+            else:
+                await self._deliver_batch(msg, deliveries, batch_data, side_by_side=taken)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -436,15 +509,21 @@ class BusWorker:
             log.exception("bus: delivery on %s failed unexpectedly", msg.subject[:200])
         finally:
             self._held_since.pop(id(msg), None)
-            (places or self._held).release()
+            for _ in range(taken):
+                (places or self._held).release()
 
-    async def _deliver_one(self, msg: Msg, *, on_controlled: bool) -> None:
+    async def _deliver_one(self, msg: Msg, delivery: Delivery, *, on_controlled: bool) -> None:
         """Attempt one delivery message (shared path, or the Lease holder's controlled path)."""
-        try:
-            delivery = Delivery.decode(msg.data)
-        except BadMessage as exc:
-            await self._terminate(msg, exc)
-            return
+        count = pull.delivery_info(msg)[0]
+        if delivery.after:
+            if count <= 1:
+                # A retry from a batch: its first receipt waits for the time the policy gave it.
+                wait = (parse_time(delivery.due) or now()) - now()
+                await msg.nak(delay=max(0.0, wait.total_seconds()))
+                return
+            attempts = delivery.after + count - 1
+        else:
+            attempts = max(1, count)  # a repeat after a crash counts as an attempt
         while True:
             state = self.index.get(delivery.namespace, delivery.webhook)
             if state is not None and state.uid != delivery.webhook_uid:
@@ -458,57 +537,102 @@ class BusWorker:
             if ending is None:
                 break
             if ending != NOT_READY:
-                await self._record(msg, delivery, None, outcome="Failed", attempts=0, error=f"not delivered: {ending}")
+                await self._record(
+                    delivery, None, msg.data, outcome="Failed", attempts=0, error=f"not delivered: {ending}"
+                )
                 await msg.ack()
                 return
             if self._stopping.is_set():
                 return  # not acked: redelivered after the ack wait
             await asyncio.sleep(NOT_READY_RECHECK_S)
         assert state is not None
-        attempts = max(1, pull.delivery_info(msg)[0])  # a repeat after a crash counts as an attempt
         result = await self._attempt(delivery, state, limited=on_controlled)
         if result is None:
             if on_controlled:
                 with contextlib.suppress(Exception):
                     await msg.nak()  # the next Lease holder takes it up at once
             return  # stopping before sending: redelivered after the ack wait
-        policy = state.spec.retry
-        live = self._live(state)
-        if result.succeeded:
-            await self._final(msg, delivery, state, result, "Succeeded", attempts, live, sync=on_controlled)
+        retry = await self._settle(delivery, state, result, attempts, msg.data)
+        if retry is not None:
+            await msg.nak(delay=retry)
             return
-        if should_retry(attempts, policy, status=result.status_code, failure=result.failure):
-            delay = next_backoff(attempts, policy, retry_after=result.retry_after)
-            due = format_time_ms(now() + dt.timedelta(seconds=delay))
-            await self._record(msg, delivery, result, outcome="Retrying", attempts=attempts, next_attempt_time=due)
-            await msg.nak(delay=delay)
-            return
-        await self._final(msg, delivery, state, result, "Failed", attempts, live, sync=on_controlled)
-
-    async def _final(
-        self,
-        msg: Msg,
-        delivery: Delivery,
-        state: WebhookState,
-        result: AttemptResult,
-        outcome: str,
-        attempts: int,
-        live: bool,
-        *,
-        sync: bool = False,
-    ) -> None:
-        if live:
-            self.metrics.delivery_final(delivery.namespace, state.name, delivery.event, outcome == "Succeeded")
-        # The record first, then the ack: a crash in between repeats the attempt, never loses it.
-        await self._record(msg, delivery, result, outcome=outcome, attempts=attempts)
-        if sync:
+        if on_controlled:
             # Confirmed on the controlled path: an Ordered webhook's next turn reads the consumer's state.
-            try:
+            with contextlib.suppress(Exception):
                 await msg.ack_sync()
                 return
-            except Exception:
-                pass
         await msg.ack()
+
+    async def _settle(
+        self, delivery: Delivery, state: WebhookState, result: AttemptResult, attempts: int, message: bytes
+    ) -> float | None:
+        """Record an attempt's outcome (final: metrics, then the log record); the retry's delay, if one is due."""
+        policy = state.spec.retry
+        if not result.succeeded and should_retry(attempts, policy, status=result.status_code, failure=result.failure):
+            delay = next_backoff(attempts, policy, retry_after=result.retry_after)
+            due = format_time_ms(now() + dt.timedelta(seconds=delay))
+            await self._record(delivery, result, message, outcome="Retrying", attempts=attempts, next_attempt_time=due)
+            return delay
+        outcome = "Succeeded" if result.succeeded else "Failed"
+        if self._live(state):
+            self.metrics.delivery_final(delivery.namespace, state.name, delivery.event, result.succeeded)
+        # The record first, then the ack: a crash in between repeats the attempt, never loses it.
+        await self._record(delivery, result, message, outcome=outcome, attempts=attempts)
+        return None
+
+    async def _deliver_batch(self, msg: Msg, deliveries: list[Delivery], data: bytes, *, side_by_side: int) -> None:
+        """Attempt the deliveries of a batch, ``side_by_side`` at a time (the places the message holds); the
+        batch is acked once each is recorded final, or published on its own (a retry, a webhook not Ready or
+        now controlled, a shutdown before sending). Any failure leaves it unacked: it comes back after the
+        ack wait, and what was recorded is sent again, never lost."""
+        attempts = max(1, pull.delivery_info(msg)[0])  # a repeat after a crash counts as an attempt
+        slots = asyncio.Semaphore(max(1, side_by_side))
+        tasks = [asyncio.ensure_future(self._batch_member(d, data, attempts, slots)) for d in deliveries]
+        try:
+            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for task in tasks:
+                task.cancel()
+        unsettled = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if unsettled:
+            log.warning(
+                "bus: %d of a batch's %d deliveries not settled (%s); the batch comes back",
+                len(unsettled),
+                len(outcomes),
+                unsettled[0],
+            )
+            return
+        await msg.ack()
+
+    async def _batch_member(self, delivery: Delivery, data: bytes, attempts: int, slots: asyncio.Semaphore) -> None:
+        """One delivery of a batch: settled here, or published on its own; raises if neither."""
+        async with slots:
+            message = delivery.encode(data)
+            state = self.index.get(delivery.namespace, delivery.webhook)
+            if state is not None and state.uid != delivery.webhook_uid:
+                state = None  # deleted and created again: not the webhook this event was for
+            own_id = f"{delivery.id}/{delivery.redelivery or ''}"
+            if state is not None and controlled(state):
+                await self._stored([await self._publish(delivery, data, to_controlled=True, msg_id=own_id + "/moved")])
+                return
+            ending = waiting_reason(state)
+            if ending is not None and ending != NOT_READY:
+                error = f"not delivered: {ending}"
+                await self._record(delivery, None, message, outcome="Failed", attempts=0, error=error)
+                return
+            result = None
+            if ending is None:
+                assert state is not None
+                result = await self._attempt(delivery, state)
+            if result is None:
+                # Not Ready (its own message waits for it), or stopping before sending: on its own, unattempted.
+                await self._stored([await self._publish(delivery, data, to_controlled=False, msg_id=own_id + "/own")])
+                return
+            assert state is not None
+            retry = await self._settle(delivery, state, result, attempts, message)
+            if retry is not None:
+                again = delivery.retry(attempts, format_time_ms(now() + dt.timedelta(seconds=retry)))
+                await self._stored([await self._publish(again, data, to_controlled=False, msg_id=own_id + "/retry")])
 
     async def _forward(self, msg: Msg, delivery: Delivery, *, to_controlled: bool) -> None:
         """Publish the message, as it is, on the other path; then ack it here. The Nats-Msg-Id names this
@@ -524,16 +648,17 @@ class BusWorker:
 
     async def _record(
         self,
-        msg: Msg,
         delivery: Delivery,
         result: AttemptResult | None,
+        message: bytes,
         *,
         outcome: str,
         attempts: int,
         error: str = "",
         next_attempt_time: str | None = None,
     ) -> None:
-        """Publish the request-log record, retrying while the bus is away (the message stays held)."""
+        """Publish the request-log record, retrying while the bus is away (the message stays held).
+        ``message``: the delivery's own message (as received, or spliced from its batch)."""
         assert self.publisher is not None
         payload = log_record(
             delivery,
@@ -546,9 +671,9 @@ class BusWorker:
             response_body=result.response_body if result else "",
             next_attempt_time=next_attempt_time,
             replica=self.replica,
-            message=msg.data,  # the message ``delivery`` was decoded from
+            message=message,
         )
-        record_id = log_record_id(delivery, pull.delivery_info(msg)[0], outcome)
+        record_id = log_record_id(delivery, attempts, outcome)
         tries = 0
         while True:
             try:
