@@ -32,6 +32,10 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # makes a Webhook event, so with the default 5 s a thousand busy webhooks kept a thousand
     # workers (and the last body each saw) alive for as long as deliveries flowed.
     settings.batching.idle_timeout = 0.5
+    # kopf lists every Webhook and every Secret before watching them; unpaged, each list's whole JSON and
+    # the bodies queued for its per-object workers were in memory at once (10,000 webhooks: 363 MB
+    # after a restart, 380 MB at the peak). Page by page, the workers drain each page before the next.
+    settings.watching.chunk_size = 500
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.peering.standalone = True

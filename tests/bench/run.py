@@ -97,6 +97,8 @@ TARGETS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "paced200_p99_ms": ("<= 10 ms", lambda v: v <= 10),
     "scale1k_rss_mb_peak": ("<= 100 MB", lambda v: v <= 100),
     "scale10k_rss_mb_peak": ("<= 300 MB", lambda v: v <= 300),
+    "scale1k_restart_rss_mb_peak": ("<= 100 MB", lambda v: v <= 100),
+    "scale10k_restart_rss_mb_peak": ("<= 300 MB", lambda v: v <= 300),
     "scale1k_ready_s": ("<= 30 s", lambda v: v <= 30),
     "scale10k_ready_s": ("<= 30 s", lambda v: v <= 30),
     "e2e_p50_ms": ("<= 50 ms", lambda v: v <= 50),
@@ -183,6 +185,9 @@ for _size, _name in ((1000, "1k"), (10_000, "10k")):
         (f"scale{_name}_ready_s", f"{_size:,} webhooks, restart: all loaded, ready", "s"),
         (f"scale{_name}_startup_api_requests", f"{_size:,} webhooks, restart: API requests", ""),
         (f"scale{_name}_rss_mb_loaded", f"{_size:,} webhooks, restart: RSS once loaded", "MB"),
+        (f"scale{_name}_restart_rss_mb_peak", f"{_size:,} webhooks, restart: peak RSS until settled", "MB"),
+        (f"scale{_name}_restart_rss_mb_settled", f"{_size:,} webhooks, restart: RSS settled", "MB"),
+        (f"scale{_name}_restart_api_requests_settled", f"{_size:,} webhooks, restart: API requests until settled", ""),
     ]
 
 
