@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trustme
 
+from tests.chaos.harness import record
 from tests.integration.test_ingress import rbac, tls_files
 from tests.support.fixtures import StartOperator
 from tests.support.kube_helpers import (
@@ -153,6 +154,35 @@ def test_retries_with_backoff_then_health_written_by_the_leader(
     assert wait_until(lambda: health("down"), timeout=20)["failed"] == 1
     time.sleep(1.5)
     assert len(receiver.received("/down")) == 4  # Failed is final: no fifth attempt
+
+
+def test_a_slow_webhook_does_not_hold_up_the_others_and_still_gets_every_delivery(
+    kubectl: KubectlFn, namespace: str, receiver: Receiver, start_operator: StartOperator, nats_server: NatsServer
+) -> None:
+    # 1 s per answer with 10 at a time: the slow webhook takes 10 deliveries a second. Before, its deliveries
+    # waiting for their turn held the replica's places, and the fast one went at the slow one's pace (when
+    # the fast one had all 200, the slow one had about 150).
+    bus_operator(start_operator, namespace, nats_server, "--max-concurrency", "50")
+    add_webhook(kubectl, namespace, receiver, "fast", ["User.Created"])
+    add_webhook(kubectl, namespace, receiver, "slow", ["User.Created"], retry={"maxRetries": 0, "timeoutSeconds": 10})
+    receiver.script("/slow", Reply(200, delay_s=1.0))
+    events = 200
+
+    started = time.monotonic()
+    publish(nats_server.url, namespace, *[{"event": "User.Created", "data": {"i": i}} for i in range(events)])
+
+    receiver.wait_for(events, "/fast", timeout=60)
+    fast_s, slow_then = time.monotonic() - started, len(receiver.received("/slow"))
+    assert slow_then < events // 4, f"the slow webhook had {slow_then} when the fast one had all {events}"
+    receiver.wait_for(events, "/slow", timeout=120)  # put off, not lost
+    record(
+        f"[bus] slow webhook (1 s per answer) beside a fast one, {events} events: fast all in {fast_s:.1f} s "
+        f"(slow had {slow_then}), slow all in {time.monotonic() - started:.1f} s"
+    )
+    time.sleep(1.0)
+    for path in ("/fast", "/slow"):
+        ids = Counter(r.headers["webhook-id"] for r in receiver.received(path))
+        assert len(ids) == events and max(ids.values()) == 1, path
 
 
 # -- replicas and faults ---------------------------------------------------------------------

@@ -5,7 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from webhook_operator.bus.control import EVERYTHING, ConsumerView, controlled, fanned_out_through, ordered_turn
+from webhook_operator.bus.control import (
+    EVERYTHING,
+    MIN_ANSWER_S,
+    ConsumerView,
+    controlled,
+    crowded,
+    fanned_out_through,
+    ordered_turn,
+    put_off_turn,
+)
 from webhook_operator.bus.messages import (
     CONTROLLED_PREFIX,
     Delivery,
@@ -120,3 +129,27 @@ def test_replay_progress_counts_only_the_records_of_that_request() -> None:
     ]
     assert progress(records, ["msg_a", "msg_b"], "r1") == {"delivered": 0, "failed": 1, "pending": 1}
     assert progress(records, ["msg_a"], "r2") == {"delivered": 0, "failed": 0, "pending": 1}
+
+
+def test_a_webhook_is_crowded_only_when_it_is_slow_and_what_waits_would_wait_a_second_or_more() -> None:
+    # Ten at a time: up to twice that waiting or under way is never put off, however slow.
+    assert not crowded(19, 10, answer_s=30.0, typical_s=0.005)
+    # A fast endpoint with a queue: 41 waiting, 5 ms answers: 0.16 s of waiting for the next.
+    assert not crowded(50, 10, answer_s=0.005, typical_s=0.005)
+    # 1 s answers where 5 ms is typical, and 20 waiting: the next waits about a second.
+    assert crowded(20, 10, answer_s=1.0, typical_s=0.005)
+    assert not crowded(20, 10, answer_s=0.5, typical_s=0.005)
+    # Every webhook slow alike (the replica or the receivers' host overloaded): putting off would not help.
+    assert not crowded(40, 10, answer_s=1.0, typical_s=0.4)
+
+
+def test_deliveries_put_off_come_back_spaced_at_the_pace_the_webhook_takes_them() -> None:
+    # 1 s answers, ten at a time, 30 waiting here: the first comes back after those 20 beyond the ten under
+    # way (2 s), then one every 0.1 s.
+    first = put_off_turn(100.0, 1.0, 30, 10, last_turn=0.0)
+    second = put_off_turn(100.0, 1.0, 30, 10, last_turn=first)
+    assert (round(first, 3), round(second - first, 3)) == (102.1, 0.1)
+    # Later ones queue behind the last turn even when little waits here any more.
+    assert put_off_turn(101.0, 1.0, 0, 10, last_turn=second) == second + 0.1
+    # No answer time known yet: spaced by a floor, never all at once.
+    assert put_off_turn(0.0, 0.0, 0, 10, last_turn=0.0) == MIN_ANSWER_S / 10

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 
 from webhook_operator.index import WebhookState
 
+CROWDED_FACTOR = 2  # deliveries of one webhook waiting or under way before any is put off, in its concurrency
+PUT_OFF_WAIT_S = 1.0  # a delivery that would wait this long for its webhook's turn is put off
+MAX_PUT_OFF_S = 300.0
+SLOW_FACTOR = 4.0  # a webhook answering this many times slower than the replica's typical attempt is slow
+MIN_ANSWER_S = 0.01
 ORDER_WINDOW = 1000  # deliveries of one Ordered webhook held in memory to sort (max_ack_pending)
 EVERYTHING = 2**63  # the fan-out consumer is idle: every stored event is fanned out
 
@@ -57,3 +62,23 @@ def ordered_turn(held: Iterable[int], view: ConsumerView, fanned_out: int, windo
     if head - 1 > fanned_out:
         return None  # an earlier event is not fanned out yet
     return head
+
+
+# -- a slow webhook on the shared path: put off what would wait long ------------------------------------
+def crowded(waiting: int, concurrency: int, answer_s: float, typical_s: float) -> bool:
+    """Whether one more delivery to a webhook would wait ``PUT_OFF_WAIT_S`` or more for its turn on this
+    replica because the webhook is slow: ``waiting`` of its deliveries waiting or under way, answered in
+    ``answer_s`` each, ``SLOW_FACTOR`` times the replica's typical answer (``typical_s``) or more. When
+    every webhook is slow alike (the replica, the network or the receivers' host overloaded), nothing is
+    put off: it would only add work."""
+    if waiting < CROWDED_FACTOR * concurrency or answer_s < SLOW_FACTOR * typical_s:
+        return False
+    return answer_s * (waiting - concurrency + 1) / concurrency >= PUT_OFF_WAIT_S
+
+
+def put_off_turn(clock: float, answer_s: float, waiting: int, concurrency: int, last_turn: float) -> float:
+    """When a delivery put off now should come back: after those waiting here, and spaced from the last one
+    put off by the webhook's answer time over its concurrency, so they return at the pace it takes them."""
+    answer = max(answer_s, MIN_ANSWER_S)
+    start = max(clock + answer * max(0, waiting - concurrency) / concurrency, last_turn)
+    return start + answer / concurrency

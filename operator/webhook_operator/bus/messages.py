@@ -164,8 +164,9 @@ class Delivery:
     data: Any
     redelivery: str | None = None  # requestedAt of a `kubectl webhooks redeliver` (or replay)
     seq: int = 0  # the event's sequence in the events stream: the order of spec.ordering Ordered
-    # A retry published on its own after attempts from a batch: how many were made, and when the next is
-    # due (the message's first receipt waits until then; its n-th receipt is attempt after + n - 1).
+    # A delivery published on its own to be attempted later (a retry from a batch; one put off while its
+    # webhook was too slow for what waited): attempts made, and when the next is due (the message's first
+    # receipt waits until then; its n-th receipt is attempt after + n - 1).
     after: int = 0
     due: str | None = None
 
@@ -187,7 +188,7 @@ class Delivery:
             tail["redelivery"] = self.redelivery
         if self.seq:
             tail["seq"] = self.seq
-        if self.after:
+        if self.due is not None:
             tail["after"] = self.after
             tail["due"] = self.due
         rest = b"," + dumps(tail)[1:] if tail else b"}"

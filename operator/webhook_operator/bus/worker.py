@@ -9,12 +9,15 @@ engine's ``attempt.send`` with the same retry policy functions. Design: docs/arc
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import nats
@@ -38,11 +41,14 @@ from nats.js.api import (
 from webhook_operator.bus import pull
 from webhook_operator.bus.config import BusSettings, connect_options
 from webhook_operator.bus.control import (
+    MAX_PUT_OFF_S,
     ORDER_WINDOW,
     ConsumerView,
     controlled,
+    crowded,
     fanned_out_through,
     ordered_turn,
+    put_off_turn,
 )
 from webhook_operator.bus.messages import (
     BATCH_MAX,
@@ -107,6 +113,7 @@ ORDER_POLL_S = 0.05  # an Ordered webhook waiting for its turn looks again this 
 MIN_RATE_WAIT_S = 0.001
 FOLD_ACK_TIMEOUT_S = 2.0
 BATCH_ACK_TIMEOUT_S = 2.0
+ANSWERS_KEPT = 21  # answer times kept per webhook for its median
 HEALTH_ACK_WAIT_FACTOR = 2  # the health consumer's ack wait, in --event-bus-ack-wait
 STREAM_EXISTS_OTHERWISE = 10058  # JetStream's "stream name already in use with a different configuration"
 # "no suitable peers for placement", "insufficient resources", "replicas > 1 not supported in non-clustered mode"
@@ -162,6 +169,13 @@ class BusWorker:
         # spec.rateLimit on the controlled path (the Lease holder): one bucket and turn per webhook uid.
         self._buckets = RateBuckets()
         self._per_message = 1  # deliveries in the last batch taken: how many messages the free places ask for
+        # Shared-path deliveries waiting for or in an attempt, by webhook uid: with its answer time, whether
+        # the next would wait long (control.crowded), and is put off instead of holding a place.
+        self._crowd: dict[str, int] = {}
+        self._latency: dict[str, collections.deque[float]] = {}  # last answer times by webhook uid
+        self._sending: dict[str, dict[int, float]] = {}  # attempts under way by webhook uid: their start times
+        self._typical_log: float | None = None  # log of the typical attempt's duration here (moving average)
+        self._next_turn: dict[str, float] = {}  # by webhook uid: when the last delivery put off is due (monotonic)
 
     # -- connection and topology ---------------------------------------------------------
     async def connect(self) -> None:
@@ -519,9 +533,9 @@ class BusWorker:
     async def _deliver_one(self, msg: Msg, delivery: Delivery, *, on_controlled: bool) -> None:
         """Attempt one delivery message (shared path, or the Lease holder's controlled path)."""
         count = pull.delivery_info(msg)[0]
-        if delivery.after:
+        if delivery.due is not None:
             if count <= 1:
-                # A retry from a batch: its first receipt waits for the time the policy gave it.
+                # A retry from a batch, or a delivery put off: its first receipt waits until it is due.
                 wait = (parse_time(delivery.due) or now()) - now()
                 await msg.nak(delay=max(0.0, wait.total_seconds()))
                 return
@@ -550,6 +564,12 @@ class BusWorker:
                 return  # not acked: redelivered after the ack wait
             await asyncio.sleep(NOT_READY_RECHECK_S)
         assert state is not None
+        if not on_controlled and self._crowded(state):
+            meta = msg.metadata
+            tag = f"{meta.stream}:{meta.sequence.stream}"
+            await self._stored([await self._put_off(state, delivery, None, attempts - 1, tag)])
+            await msg.ack()
+            return
         result = await self._attempt(delivery, state, limited=on_controlled)
         if result is None:
             if on_controlled:
@@ -589,9 +609,11 @@ class BusWorker:
         batch is acked once each is recorded final, or published on its own (a retry, a webhook not Ready or
         now controlled, a shutdown before sending). Any failure leaves it unacked: it comes back after the
         ack wait, and what was recorded is sent again, never lost."""
-        attempts = max(1, pull.delivery_info(msg)[0])  # a repeat after a crash counts as an attempt
+        delivered, sequence, _ = pull.delivery_info(msg)
+        attempts = max(1, delivered)  # a repeat after a crash counts as an attempt
         slots = asyncio.Semaphore(max(1, side_by_side))
-        tasks = [asyncio.ensure_future(self._batch_member(d, data, attempts, slots)) for d in deliveries]
+        tag = f"{DELIVERIES_STREAM}:{sequence}"
+        tasks = [asyncio.ensure_future(self._batch_member(d, data, attempts, slots, tag)) for d in deliveries]
         try:
             outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
@@ -614,8 +636,11 @@ class BusWorker:
             with contextlib.suppress(Exception):
                 await msg.ack()
 
-    async def _batch_member(self, delivery: Delivery, data: bytes, attempts: int, slots: asyncio.Semaphore) -> None:
-        """One delivery of a batch: settled here, or published on its own; raises if neither."""
+    async def _batch_member(
+        self, delivery: Delivery, data: bytes, attempts: int, slots: asyncio.Semaphore, tag: str
+    ) -> None:
+        """One delivery of a batch: settled here, or published on its own; raises if neither. ``tag``: the
+        batch's stream sequence, naming what it puts off."""
         async with slots:
             message = delivery.encode(data)
             state = self.index.get(delivery.namespace, delivery.webhook)
@@ -633,6 +658,9 @@ class BusWorker:
             result = None
             if ending is None:
                 assert state is not None
+                if self._crowded(state):
+                    await self._stored([await self._put_off(state, delivery, data, attempts - 1, tag)])
+                    return
                 result = await self._attempt(delivery, state)
             if result is None:
                 # Not Ready (its own message waits for it), or stopping before sending: on its own, unattempted.
@@ -643,6 +671,49 @@ class BusWorker:
             if retry is not None:
                 again = delivery.retry(attempts, format_time_ms(now() + dt.timedelta(seconds=retry)))
                 await self._stored([await self._publish(again, data, to_controlled=False, msg_id=own_id + "/retry")])
+
+    def _crowded(self, state: WebhookState) -> bool:
+        """Whether a delivery to this webhook would wait long for its turn here (a slow or hanging endpoint):
+        then it is put off, so that it holds none of this replica's places and others keep flowing."""
+        waiting = self._crowd.get(state.uid, 0)
+        concurrency = self.settings.per_webhook_concurrency
+        if waiting >= concurrency and self._typical_log is not None:
+            if crowded(waiting, concurrency, self._answer_time(state), math.exp(self._typical_log)):
+                return True
+        self._next_turn.pop(state.uid, None)  # not crowded: what is put off later starts a new schedule
+        return False
+
+    def _answer_time(self, state: WebhookState) -> float:
+        """How long the webhook takes to answer: the median of its last answers (one stuck request does not
+        make it slow), or, with all its attempts under way and none answered since, the youngest one's age
+        (a hanging endpoint has no answers yet)."""
+        answers = self._latency.get(state.uid)
+        latency = sorted(answers)[len(answers) // 2] if answers else 0.0
+        sending = self._sending.get(state.uid)
+        if sending and len(sending) >= self.settings.per_webhook_concurrency:
+            latency = max(latency, time.monotonic() - max(sending.values()))
+        return latency
+
+    async def _put_off(
+        self, state: WebhookState, delivery: Delivery, data: bytes | None, made: int, tag: str
+    ) -> asyncio.Future[Any]:
+        """Publish the delivery on its own, due when the webhook should have room for it: deliveries put off
+        are spaced by its answer time over its concurrency, after those waiting here, so they come back at
+        the pace it takes them (at most ``MAX_PUT_OFF_S`` ahead). ``tag`` names the stored message it came
+        from, so a repeat after a crash is dropped."""
+        clock = time.monotonic()
+        turn = put_off_turn(
+            clock,
+            self._answer_time(state),
+            self._crowd.get(state.uid, 0),
+            self.settings.per_webhook_concurrency,
+            self._next_turn.get(state.uid, 0.0),
+        )
+        self._next_turn[state.uid] = turn
+        delay = min(MAX_PUT_OFF_S, turn - clock)
+        later = replace(delivery, after=made, due=format_time_ms(now() + dt.timedelta(seconds=delay)))
+        msg_id = f"{delivery.id}/{delivery.redelivery or ''}/later@{tag}"
+        return await self._publish(later, data, to_controlled=False, msg_id=msg_id)
 
     async def _forward(self, msg: Msg, delivery: Delivery, *, to_controlled: bool) -> None:
         """Publish the message, as it is, on the other path; then ack it here. The Nats-Msg-Id names this
@@ -716,6 +787,9 @@ class BusWorker:
         # and take it once the slots are held, at the moment of sending; as in CR mode (ratelimit.py).
         held = self._current_bucket(state) if limited else None
         turn: asyncio.Lock | None = None
+        crowd = self._crowd
+        if not limited:
+            crowd[state.uid] = crowd.get(state.uid, 0) + 1
         if held is not None:
             await self._wait_for_token(state, held)
             turn = held[1]
@@ -728,16 +802,36 @@ class BusWorker:
                 if self._stopping.is_set():
                     return None
                 self.metrics.in_flight.labels(state.namespace, state.name).inc()
+                sending = self._sending.setdefault(state.uid, {})
+                token = id(body)
+                sending[token] = time.monotonic()
                 try:
                     result = await send(
                         self.client, state, body, delivery.id, timeout_s=state.spec.retry.timeout_seconds
                     )
                 finally:
+                    del sending[token]
+                    if not sending:
+                        self._sending.pop(state.uid, None)
                     if self._live(state):
                         self.metrics.in_flight.labels(state.namespace, state.name).dec()
         finally:
             if turn is not None:
                 turn.release()
+            if not limited:
+                left = crowd[state.uid] - 1
+                if left:
+                    crowd[state.uid] = left
+                else:
+                    del crowd[state.uid]
+        answers = self._latency.get(state.uid)
+        if answers is None:
+            answers = self._latency[state.uid] = collections.deque(maxlen=ANSWERS_KEPT)
+        answers.append(result.duration_s)
+        # Geometric, weighted by attempts: the many quick answers set it, a slow webhook's few barely move it.
+        logged = math.log(max(result.duration_s, 1e-4))
+        typical = self._typical_log
+        self._typical_log = logged if typical is None else 0.98 * typical + 0.02 * logged
         if self._live(state):
             self.metrics.attempt(
                 state.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
