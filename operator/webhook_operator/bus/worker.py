@@ -41,6 +41,7 @@ from nats.js.api import (
 from webhook_operator.bus import pull
 from webhook_operator.bus.config import BusSettings, connect_options
 from webhook_operator.bus.control import (
+    CROWDED_FACTOR,
     MAX_PUT_OFF_S,
     ORDER_WINDOW,
     ConsumerView,
@@ -677,7 +678,7 @@ class BusWorker:
         then it is put off, so that it holds none of this replica's places and others keep flowing."""
         waiting = self._crowd.get(state.uid, 0)
         concurrency = self.settings.per_webhook_concurrency
-        if waiting >= concurrency and self._typical_log is not None:
+        if waiting >= CROWDED_FACTOR * concurrency and self._typical_log is not None:  # else no answer time needed
             if crowded(waiting, concurrency, self._answer_time(state), math.exp(self._typical_log)):
                 return True
         self._next_turn.pop(state.uid, None)  # not crowded: what is put off later starts a new schedule
