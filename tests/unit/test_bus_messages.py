@@ -204,6 +204,13 @@ def test_record_times_are_format_time_ms() -> None:
     assert before <= stamp <= after and len(stamp) == len(before) and parse_time(stamp) is not None
 
 
+def test_record_times_of_given_moments_in_any_order() -> None:
+    # Records are written as answers come back: an attempt sent earlier may be recorded after a later one.
+    late, early = 1_796_000_001.25, 1_796_000_000.5
+    assert now_ms(late) == "2026-11-30T00:53:21.250Z" and now_ms(early) == "2026-11-30T00:53:20.500Z"
+    assert now_ms(late) == format_time_ms(dt.datetime.fromtimestamp(late, dt.UTC))
+
+
 def test_log_record_ids_one_per_attempt_while_retrying_and_one_final_per_delivery() -> None:
     retrying = {log_record_id(DELIVERY, n, "Retrying") for n in (1, 2, 3)}
     assert len(retrying) == 3

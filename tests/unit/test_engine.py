@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -341,6 +342,20 @@ async def test_a_2xx_attempt_sends_signed_headers_and_reads_the_response(
     assert request.headers["webhook-id"] == "msg_1"
     assert request.headers["logto-signature-sha-256"] == logto_signature(KEY, BODY)
     assert StandardWebhook(standard_webhooks_secret(KEY)).verify(request.body, request.headers) == json.loads(BODY)
+
+
+async def test_an_attempt_knows_when_its_request_went_out(client: DeliveryClient, receiver: Receiver) -> None:
+    """The request log orders attempts by this time, not by when each answer was taken up."""
+    receiver.script("/hook", Reply(200, delay_s=0.3))
+    before = time.time()
+
+    outcome = await send(client, webhook(receiver.url("/hook")), BODY, "msg_1", timeout_s=5)
+
+    (request,) = receiver.received("/hook")
+    assert before <= outcome.sent_at <= request.at <= outcome.sent_at + outcome.duration_s
+    assert int(request.headers["webhook-timestamp"]) == int(outcome.sent_at)
+    timed_out = await send(client, webhook(receiver.url("/hook")), BODY, "msg_2", timeout_s=0.1)
+    assert timed_out.failure == FAILURE_TIMEOUT and outcome.sent_at < timed_out.sent_at <= time.time() - 0.1
 
 
 async def test_during_a_key_rotation_both_keys_sign(client: DeliveryClient, receiver: Receiver) -> None:

@@ -746,7 +746,9 @@ class BusWorker:
             delivery,
             outcome=outcome,
             attempts=attempts,
-            time=now_ms(),
+            # When the request went out: the log's order is the order of the attempts, however late each
+            # one's answer was taken up.
+            time=now_ms(result.sent_at if result is not None and result.sent_at else None),
             status_code=result.status_code if result else None,
             duration_ms=round(result.duration_s * 1000) if result else 0,
             error=result.error if result else error,
@@ -1182,9 +1184,11 @@ def fold_record(
 _SECOND: list[Any] = [0, ""]  # (unix second, its format_time_ms up to the dot)
 
 
-def now_ms() -> str:
-    """``format_time_ms(now())``, the seconds formatted once per second: every attempt records one."""
-    stamp = time.time()
+def now_ms(stamp: float | None = None) -> str:
+    """``format_time_ms`` of ``stamp`` (a ``time.time()``; now by default), the seconds formatted once per
+    second: every attempt records one."""
+    if stamp is None:
+        stamp = time.time()
     second = int(stamp)
     if _SECOND[0] != second:
         _SECOND[:] = [second, dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")]

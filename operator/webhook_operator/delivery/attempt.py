@@ -25,6 +25,7 @@ class AttemptResult:
     duration_s: float
     response_body: str
     retry_after: float | None
+    sent_at: float = 0.0  # wall clock (time.time()) when the request went out; 0 when unknown
 
     @property
     def succeeded(self) -> bool:
@@ -37,20 +38,27 @@ async def send(
     """POST ``body`` to the webhook; never raises for anything the endpoint or network does."""
     headers = {"content-type": "application/json"}
     headers.update(state.headers)
-    headers.update(signature_headers(state.keys, msg_id, int(time.time()), body))
+    sent_at = time.time()
+    headers.update(signature_headers(state.keys, msg_id, int(sent_at), body))
     started = time.perf_counter()
     try:
         response = await client.post(state.spec.url, body, headers, timeout_s=timeout_s, tls=state.tls)
     except BlockedDestinationError as exc:
         return AttemptResult(
-            None, FAILURE_BLOCKED, str(exc)[:300] or "blocked destination", time.perf_counter() - started, "", None
+            None,
+            FAILURE_BLOCKED,
+            str(exc)[:300] or "blocked destination",
+            time.perf_counter() - started,
+            "",
+            None,
+            sent_at,
         )
     except DeliveryTimeout:
         return AttemptResult(
-            None, FAILURE_TIMEOUT, f"timeout after {timeout_s:g}s", time.perf_counter() - started, "", None
+            None, FAILURE_TIMEOUT, f"timeout after {timeout_s:g}s", time.perf_counter() - started, "", None, sent_at
         )
     except DeliveryConnectError as exc:
-        return AttemptResult(None, FAILURE_ERROR, exc.short, time.perf_counter() - started, "", None)
+        return AttemptResult(None, FAILURE_ERROR, exc.short, time.perf_counter() - started, "", None, sent_at)
     duration = time.perf_counter() - started
     code = response.status
     error = "" if is_success(code) else f"HTTP {code}"
@@ -64,4 +72,5 @@ async def send(
         duration_s=duration,
         response_body=response.body.decode("utf-8", errors="replace"),
         retry_after=None if retry_after is None else parse_retry_after(retry_after, now()),
+        sent_at=sent_at,
     )
