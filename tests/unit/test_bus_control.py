@@ -14,6 +14,9 @@ from webhook_operator.bus.control import (
     fanned_out_through,
     ordered_turn,
     put_off_turn,
+    quickest_answer,
+    sending_share,
+    slow,
 )
 from webhook_operator.bus.messages import (
     CONTROLLED_PREFIX,
@@ -141,6 +144,23 @@ def test_a_webhook_is_crowded_only_when_it_is_slow_and_what_waits_would_wait_a_s
     assert not crowded(20, 10, answer_s=0.5, typical_s=0.005)
     # Every webhook slow alike (the replica or the receivers' host overloaded): putting off would not help.
     assert not crowded(40, 10, answer_s=1.0, typical_s=0.4)
+
+
+def test_the_typical_answer_is_the_quickest_webhooks_median_not_a_mean_of_attempts() -> None:
+    # Ten slow webhooks crowding out a quick one make most attempts theirs; the quick one still sets it.
+    answers = [[1.0, 1.1, 0.9]] * 10 + [[0.004, 0.2, 0.005]]
+    assert quickest_answer(answers) == 0.005
+    assert all(slow(1.0, quickest_answer(answers) or 0.0) for _ in answers[:10])
+    # All alike (an overloaded replica): none is slow beside the others.
+    alike = [[0.3, 0.35], [0.32, 0.3], [0.31]]
+    assert quickest_answer(alike) == 0.31 and not slow(0.35, 0.31)
+    assert quickest_answer([]) is None and quickest_answer([[]]) is None
+
+
+def test_a_webhook_sends_at_most_its_share_of_the_slots_while_they_are_short() -> None:
+    assert sending_share(10, 100, active=3) == 10  # room for all: its own concurrency
+    assert sending_share(10, 50, active=11) == 4  # ten slow webhooks and a quick one on 50 slots
+    assert sending_share(10, 2, active=50) == 1  # never none
 
 
 def test_deliveries_put_off_come_back_spaced_at_the_pace_the_webhook_takes_them() -> None:

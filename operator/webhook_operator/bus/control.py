@@ -15,14 +15,16 @@ its retry, or messages a dead leader held until the ack wait returns them) and n
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from webhook_operator.delivery.queues import fair_share
 from webhook_operator.index import WebhookState
 
 CROWDED_FACTOR = 2  # deliveries of one webhook waiting or under way before any is put off, in its concurrency
 PUT_OFF_WAIT_S = 1.0  # a delivery that would wait this long for its webhook's turn is put off
 MAX_PUT_OFF_S = 300.0
+HOLD_UP_S = 0.1  # a batch's delivery to a slow webhook answering this slowly is put off, not attempted
 SLOW_FACTOR = 4.0  # a webhook answering this many times slower than the replica's typical attempt is slow
 MIN_ANSWER_S = 0.01
 ORDER_WINDOW = 1000  # deliveries of one Ordered webhook held in memory to sort (max_ack_pending)
@@ -65,15 +67,39 @@ def ordered_turn(held: Iterable[int], view: ConsumerView, fanned_out: int, windo
 
 
 # -- a slow webhook on the shared path: put off what would wait long ------------------------------------
+def median(values: Sequence[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def quickest_answer(answers: Iterable[Sequence[float]]) -> float | None:
+    """The replica's typical answer: the least of the webhooks' median answer times (None before any).
+    When every webhook is slow alike (the replica, the network or the receivers' host overloaded), it is
+    slow too and nothing is put off; one quick webhook among slow ones keeps them slow beside it."""
+    return min((median(values) for values in answers if values), default=None)
+
+
+def slow(answer_s: float, typical_s: float) -> bool:
+    """Whether a webhook answering in ``answer_s`` is slow on a replica whose typical answer is ``typical_s``."""
+    return answer_s >= SLOW_FACTOR * typical_s
+
+
 def crowded(waiting: int, concurrency: int, answer_s: float, typical_s: float) -> bool:
     """Whether one more delivery to a webhook would wait ``PUT_OFF_WAIT_S`` or more for its turn on this
     replica because the webhook is slow: ``waiting`` of its deliveries waiting or under way, answered in
     ``answer_s`` each, ``SLOW_FACTOR`` times the replica's typical answer (``typical_s``) or more. When
     every webhook is slow alike (the replica, the network or the receivers' host overloaded), nothing is
     put off: it would only add work."""
-    if waiting < CROWDED_FACTOR * concurrency or answer_s < SLOW_FACTOR * typical_s:
+    if waiting < CROWDED_FACTOR * concurrency or not slow(answer_s, typical_s):
         return False
     return answer_s * (waiting - concurrency + 1) / concurrency >= PUT_OFF_WAIT_S
+
+
+def sending_share(concurrency: int, max_concurrency: int, active: int) -> int:
+    """How many requests a webhook can have under way on a replica where ``active`` webhooks have deliveries
+    waiting or under way: its own concurrency, or less, its fair share of the replica's slots when they are
+    short (``FairSlots``). Ten slow webhooks on 50 slots get 4 each, not 10: their deliveries beyond that
+    wait, so they are put off sooner."""
+    return max(1, min(concurrency, fair_share(max_concurrency, active)))
 
 
 def put_off_turn(clock: float, answer_s: float, waiting: int, concurrency: int, last_turn: float) -> float:

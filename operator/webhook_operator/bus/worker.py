@@ -42,14 +42,20 @@ from webhook_operator.bus import pull
 from webhook_operator.bus.config import BusSettings, connect_options
 from webhook_operator.bus.control import (
     CROWDED_FACTOR,
+    HOLD_UP_S,
     MAX_PUT_OFF_S,
     ORDER_WINDOW,
+    PUT_OFF_WAIT_S,
     ConsumerView,
     controlled,
     crowded,
     fanned_out_through,
+    median,
     ordered_turn,
     put_off_turn,
+    quickest_answer,
+    sending_share,
+    slow,
 )
 from webhook_operator.bus.messages import (
     BATCH_MAX,
@@ -87,7 +93,8 @@ from webhook_operator.bus.messages import (
 )
 from webhook_operator.bus.publish import Publisher
 from webhook_operator.delivery.attempt import AttemptResult, send
-from webhook_operator.delivery.engine import NOT_READY, waiting_reason
+from webhook_operator.delivery.engine import NOT_READY, RESERVE_FRACTION, waiting_reason
+from webhook_operator.delivery.queues import FairSlots
 from webhook_operator.delivery.ratelimit import Held, RateBuckets, until_token
 from webhook_operator.delivery.transport import DeliveryClient
 from webhook_operator.filter import filter_input
@@ -115,6 +122,7 @@ MIN_RATE_WAIT_S = 0.001
 FOLD_ACK_TIMEOUT_S = 2.0
 BATCH_ACK_TIMEOUT_S = 2.0
 ANSWERS_KEPT = 21  # answer times kept per webhook for its median
+ANSWERS_FRESH_S = 60.0  # a webhook's answer times are forgotten this long after its last answer
 HEALTH_ACK_WAIT_FACTOR = 2  # the health consumer's ack wait, in --event-bus-ack-wait
 STREAM_EXISTS_OTHERWISE = 10058  # JetStream's "stream name already in use with a different configuration"
 # "no suitable peers for placement", "insufficient resources", "replicas > 1 not supported in non-clustered mode"
@@ -123,6 +131,10 @@ PLACEMENT_ERRORS = frozenset({10005, 10023, 10074})
 
 class BusUnavailable(Exception):
     """Not connected to NATS (yet, or any more)."""
+
+
+class PutOff(Exception):
+    """A delivery waited ``PUT_OFF_WAIT_S`` for its slow webhook's turn: published on its own, due later."""
 
 
 class StreamRefused(Exception):
@@ -149,7 +161,9 @@ class BusWorker:
         self.js: JetStreamContext | None = None
         self.publisher: Publisher | None = None
         self.ready = asyncio.Event()  # connected, streams and consumers in place
-        self._global = asyncio.Semaphore(settings.max_concurrency)
+        self._global: FairSlots[str] = FairSlots(
+            settings.max_concurrency, reserve=int(settings.max_concurrency * RESERVE_FRACTION)
+        )
         # Delivery messages held at once by this replica (attempting, or waiting for a slot).
         self._held = asyncio.Semaphore(settings.max_concurrency * 2)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -174,8 +188,9 @@ class BusWorker:
         # the next would wait long (control.crowded), and is put off instead of holding a place.
         self._crowd: dict[str, int] = {}
         self._latency: dict[str, collections.deque[float]] = {}  # last answer times by webhook uid
+        self._answered: dict[str, float] = {}  # by webhook uid: when its last answered attempt began (monotonic)
         self._sending: dict[str, dict[int, float]] = {}  # attempts under way by webhook uid: their start times
-        self._typical_log: float | None = None  # log of the typical attempt's duration here (moving average)
+        self._typical: tuple[float, float | None] = (-math.inf, None)  # (worked out at, the quickest answer)
         self._next_turn: dict[str, float] = {}  # by webhook uid: when the last delivery put off is due (monotonic)
 
     # -- connection and topology ---------------------------------------------------------
@@ -565,13 +580,16 @@ class BusWorker:
                 return  # not acked: redelivered after the ack wait
             await asyncio.sleep(NOT_READY_RECHECK_S)
         assert state is not None
-        if not on_controlled and self._crowded(state):
+        try:
+            if not on_controlled and self._crowded(state):
+                raise PutOff
+            result = await self._attempt(delivery, state, limited=on_controlled)
+        except PutOff:
             meta = msg.metadata
             tag = f"{meta.stream}:{meta.sequence.stream}"
             await self._stored([await self._put_off(state, delivery, None, attempts - 1, tag)])
             await msg.ack()
             return
-        result = await self._attempt(delivery, state, limited=on_controlled)
         if result is None:
             if on_controlled:
                 with contextlib.suppress(Exception):
@@ -659,10 +677,13 @@ class BusWorker:
             result = None
             if ending is None:
                 assert state is not None
-                if self._crowded(state):
+                try:
+                    if self._crowded(state) or self._would_hold_up(state):
+                        raise PutOff
+                    result = await self._attempt(delivery, state)
+                except PutOff:
                     await self._stored([await self._put_off(state, delivery, data, attempts - 1, tag)])
                     return
-                result = await self._attempt(delivery, state)
             if result is None:
                 # Not Ready (its own message waits for it), or stopping before sending: on its own, unattempted.
                 await self._stored([await self._publish(delivery, data, to_controlled=False, msg_id=own_id + "/own")])
@@ -677,21 +698,96 @@ class BusWorker:
         """Whether a delivery to this webhook would wait long for its turn here (a slow or hanging endpoint):
         then it is put off, so that it holds none of this replica's places and others keep flowing."""
         waiting = self._crowd.get(state.uid, 0)
-        concurrency = self.settings.per_webhook_concurrency
-        if waiting >= CROWDED_FACTOR * concurrency and self._typical_log is not None:  # else no answer time needed
-            if crowded(waiting, concurrency, self._answer_time(state), math.exp(self._typical_log)):
+        concurrency = self._sending_share()
+        if waiting >= CROWDED_FACTOR * concurrency:  # else no answer time needed
+            typical = self._typical_answer()
+            if typical is not None and crowded(waiting, concurrency, self._answer_time(state), typical):
                 return True
         self._next_turn.pop(state.uid, None)  # not crowded: what is put off later starts a new schedule
         return False
+
+    async def _take_turn(self, state: WebhookState, *, may_put_off: bool) -> None:
+        """Take one of the webhook's slots, then a global one (round-robin over webhooks, each held to its
+        share while they are short, as in CR mode). ``may_put_off``: raise ``PutOff`` instead when it has
+        waited ``PUT_OFF_WAIT_S`` and the webhook is slow (its requests answered or hanging ``SLOW_FACTOR``
+        times the replica's typical answer): what waits behind a slow webhook holds a place others need."""
+        uid, limiter = state.uid, state.limiter
+        assert limiter is not None
+        if not may_put_off or not limiter.locked():
+            await limiter.acquire()
+        else:
+            while True:
+                try:
+                    async with asyncio.timeout(PUT_OFF_WAIT_S):
+                        await limiter.acquire()
+                    break
+                except TimeoutError:
+                    if self._slow(state):
+                        raise PutOff from None
+        try:
+            if not may_put_off or self._global.free > self._global.reserve:
+                await self._global.acquire(uid)
+                return
+            while True:
+                try:
+                    async with asyncio.timeout(PUT_OFF_WAIT_S):
+                        await self._global.acquire(uid)
+                    return
+                except TimeoutError:
+                    if self._slow(state):
+                        raise PutOff from None
+        except BaseException:
+            limiter.release()
+            raise
+
+    def _would_hold_up(self, state: WebhookState) -> bool:
+        """Whether attempting a batch's delivery to this webhook would hold the batch's places (the other
+        webhooks' next deliveries) for a slow answer: then it is put off, and its own message holds one
+        place alone. Slow: answering in ``HOLD_UP_S`` or more, and ``SLOW_FACTOR`` times the replica's
+        typical answer; looked at closer only when its last answer took that long, or it has requests
+        under way and none answered yet (hanging)."""
+        answers = self._latency.get(state.uid)
+        if answers:
+            if answers[-1] < HOLD_UP_S:
+                return False
+        elif state.uid not in self._sending:
+            return False
+        answer, typical = self._answer_time(state), self._typical_answer()
+        return answer >= HOLD_UP_S and typical is not None and slow(answer, typical)
+
+    def _slow(self, state: WebhookState) -> bool:
+        typical = self._typical_answer()
+        return typical is not None and slow(self._answer_time(state), typical)
+
+    def _typical_answer(self) -> float | None:
+        """What the quickest webhook answering here lately takes (the least median of answer times), worked
+        out at most once a second; forgetting webhooks with no answer for ``ANSWERS_FRESH_S``. Not a mean of
+        attempts: when slow webhooks crowd out the others, most attempts are theirs."""
+        clock = time.monotonic()
+        at, typical = self._typical
+        if clock - at < 1.0:
+            return typical
+        stale = [uid for uid, began in self._answered.items() if clock - began > ANSWERS_FRESH_S]
+        for uid in stale:
+            del self._answered[uid]
+            self._latency.pop(uid, None)
+        typical = quickest_answer(self._latency.values())
+        self._typical = (clock, typical)
+        return typical
+
+    def _sending_share(self) -> int:
+        """What one webhook can have under way here now (its concurrency, or its share of short slots)."""
+        settings = self.settings
+        return sending_share(settings.per_webhook_concurrency, settings.max_concurrency, len(self._crowd))
 
     def _answer_time(self, state: WebhookState) -> float:
         """How long the webhook takes to answer: the median of its last answers (one stuck request does not
         make it slow), or, with all its attempts under way and none answered since, the youngest one's age
         (a hanging endpoint has no answers yet)."""
         answers = self._latency.get(state.uid)
-        latency = sorted(answers)[len(answers) // 2] if answers else 0.0
+        latency = median(answers) if answers else 0.0
         sending = self._sending.get(state.uid)
-        if sending and len(sending) >= self.settings.per_webhook_concurrency:
+        if sending and len(sending) >= self._sending_share():
             latency = max(latency, time.monotonic() - max(sending.values()))
         return latency
 
@@ -707,7 +803,7 @@ class BusWorker:
             clock,
             self._answer_time(state),
             self._crowd.get(state.uid, 0),
-            self.settings.per_webhook_concurrency,
+            self._sending_share(),
             self._next_turn.get(state.uid, 0.0),
         )
         self._next_turn[state.uid] = turn
@@ -797,7 +893,8 @@ class BusWorker:
             await self._wait_for_token(state, held)
             turn = held[1]
         try:
-            async with state.limiter, self._global:
+            await self._take_turn(state, may_put_off=not limited)
+            try:
                 if held is not None and turn is not None:
                     held[0].take(time.monotonic())
                     turn.release()
@@ -807,7 +904,7 @@ class BusWorker:
                 self.metrics.in_flight.labels(state.namespace, state.name).inc()
                 sending = self._sending.setdefault(state.uid, {})
                 token = id(body)
-                sending[token] = time.monotonic()
+                sending[token] = began = time.monotonic()
                 try:
                     result = await send(
                         self.client, state, body, delivery.id, timeout_s=state.spec.retry.timeout_seconds
@@ -818,6 +915,9 @@ class BusWorker:
                         self._sending.pop(state.uid, None)
                     if self._live(state):
                         self.metrics.in_flight.labels(state.namespace, state.name).dec()
+            finally:
+                self._global.release(state.uid)
+                state.limiter.release()
         finally:
             if turn is not None:
                 turn.release()
@@ -831,10 +931,7 @@ class BusWorker:
         if answers is None:
             answers = self._latency[state.uid] = collections.deque(maxlen=ANSWERS_KEPT)
         answers.append(result.duration_s)
-        # Geometric, weighted by attempts: the many quick answers set it, a slow webhook's few barely move it.
-        logged = math.log(max(result.duration_s, 1e-4))
-        typical = self._typical_log
-        self._typical_log = logged if typical is None else 0.98 * typical + 0.02 * logged
+        self._answered[state.uid] = began
         if self._live(state):
             self.metrics.attempt(
                 state.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s

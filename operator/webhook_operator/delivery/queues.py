@@ -69,7 +69,10 @@ class FairSlots(Generic[K]):
         return sum(len(queue) for queue in self._waiting.values())
 
     async def acquire(self, key: K) -> None:
-        if not self._waiting and next_key([key], self._held, self.free, self.capacity, self.reserve) is not None:
+        if not self._waiting and (
+            self.free > self.reserve  # what next_key answers then, without counting the webhooks
+            or next_key([key], self._held, self.free, self.capacity, self.reserve) is not None
+        ):
             self._take(key)
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
