@@ -130,6 +130,32 @@ async def test_publisher_futures_complete_with_the_stream_ack_or_its_error(nats_
         await nc.close()
 
 
+async def test_a_publication_no_stream_answers_fails_after_the_timeout(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.jetstream().add_stream(name="PUB", subjects=["pub.>"])
+
+        async def never_answer(msg: Msg) -> None:
+            return None
+
+        await nc.subscribe("silent.>", cb=never_answer)  # a responder, so no "no responders" either
+        publisher = Publisher(nc, timeout_s=0.3)
+        await publisher.start()
+        started = time.monotonic()
+        late = await publisher.publish("silent.a", b"x")
+        acked = await publisher.publish("pub.a", b"y")
+        assert await acked is None
+        with pytest.raises(TimeoutError):
+            await late
+        assert 0.25 <= time.monotonic() - started < 2.0
+        # The timer comes back for publications after the first ran out, and spares the answered ones.
+        again, fine = await publisher.publish("silent.b", b"x"), await publisher.publish("pub.b", b"y")
+        await asyncio.sleep(0.5)
+        assert isinstance(again.exception(), TimeoutError) and fine.exception() is None
+    finally:
+        await nc.close()
+
+
 def test_delivery_info_reads_both_forms_of_the_reply_subject() -> None:
     plain = Msg(_client=None, reply="$JS.ACK.S.c.3.1234.99.1700000000000000000.5")  # type: ignore[arg-type]
     domain = Msg(_client=None, reply="$JS.ACK.dom.hash.S.c.3.1234.99.1700000000000000000.5.x")  # type: ignore[arg-type]

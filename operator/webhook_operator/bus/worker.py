@@ -211,7 +211,7 @@ class BusWorker:
                 await asyncio.sleep(min(RECONNECT_S * failures, 15.0))
         self.js = self.nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
         # Its reply subscription set up once here, before any publication.
-        self.publisher = Publisher(self.nc)
+        self.publisher = Publisher(self.nc, timeout_s=PUBLISH_TIMEOUT_S)
         await self.publisher.start()
         while True:
             try:
@@ -453,13 +453,11 @@ class BusWorker:
 
     @staticmethod
     async def _stored(acks: list[asyncio.Future[Any]]) -> None:
-        """Wait for JetStream's acks of pipelined publications; raise if one failed or is late."""
-        if not acks:
-            return
+        """Wait for JetStream's acks of pipelined publications; raise if one failed or is late (the
+        publisher fails it after ``PUBLISH_TIMEOUT_S``)."""
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                for ack in acks:
-                    await ack  # raises the stream's error, e.g. maximum messages exceeded
+            for ack in acks:
+                await ack  # raises the stream's error, e.g. maximum messages exceeded, or TimeoutError
         finally:
             for ack in acks:
                 ack.cancel()  # no-op for the answered ones
