@@ -9,6 +9,7 @@ from webhook_operator.bus.control import (
     EVERYTHING,
     MIN_ANSWER_S,
     ConsumerView,
+    answer_time,
     controlled,
     crowded,
     fanned_out_through,
@@ -30,6 +31,7 @@ from webhook_operator.bus.requestlog import progress, to_replay
 from webhook_operator.delivery.ratelimit import RateLimit
 from webhook_operator.index import WebhookState
 from webhook_operator.model import WebhookSpec
+from webhook_operator.retry import FAILURE_BLOCKED, FAILURE_ERROR, FAILURE_TIMEOUT
 
 
 def state(**spec: object) -> WebhookState:
@@ -155,6 +157,14 @@ def test_the_typical_answer_is_the_quickest_webhooks_median_not_a_mean_of_attemp
     alike = [[0.3, 0.35], [0.32, 0.3], [0.31]]
     assert quickest_answer(alike) == 0.31 and not slow(0.35, 0.31)
     assert quickest_answer([]) is None and quickest_answer([[]]) is None
+
+
+def test_only_answers_and_timeouts_tell_how_slow_a_webhook_is() -> None:
+    assert answer_time(0.8, None) == 0.8  # an HTTP answer, whatever its status
+    assert answer_time(10.0, FAILURE_TIMEOUT) == 10.0  # a hanging endpoint is slow
+    # A refused connection fails in a fraction of a millisecond: counted, it would be the "quickest
+    # webhook" and every other one would look slow beside it.
+    assert answer_time(0.0002, FAILURE_ERROR) is None and answer_time(0.0, FAILURE_BLOCKED) is None
 
 
 def test_a_webhook_sends_at_most_its_share_of_the_slots_while_they_are_short() -> None:

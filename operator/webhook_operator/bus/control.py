@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from webhook_operator.delivery.queues import fair_share
 from webhook_operator.index import WebhookState
+from webhook_operator.retry import FAILURE_TIMEOUT
 
 CROWDED_FACTOR = 2  # deliveries of one webhook waiting or under way before any is put off, in its concurrency
 PUT_OFF_WAIT_S = 1.0  # a delivery that would wait this long for its webhook's turn is put off
@@ -67,6 +68,13 @@ def ordered_turn(held: Iterable[int], view: ConsumerView, fanned_out: int, windo
 
 
 # -- a slow webhook on the shared path: put off what would wait long ------------------------------------
+def answer_time(duration_s: float, failure: str | None) -> float | None:
+    """What an attempt says of how long its webhook takes to answer: an HTTP answer's time, or a
+    timeout's; nothing for a refused connection or a blocked address (failing fast says nothing of how
+    slow the endpoint is, and would make every other webhook look slow beside it)."""
+    return duration_s if failure is None or failure == FAILURE_TIMEOUT else None
+
+
 def median(values: Sequence[float]) -> float:
     return sorted(values)[len(values) // 2]
 

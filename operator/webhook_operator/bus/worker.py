@@ -47,6 +47,7 @@ from webhook_operator.bus.control import (
     ORDER_WINDOW,
     PUT_OFF_WAIT_S,
     ConsumerView,
+    answer_time,
     controlled,
     crowded,
     fanned_out_through,
@@ -925,11 +926,13 @@ class BusWorker:
                     crowd[state.uid] = left
                 else:
                     del crowd[state.uid]
-        answers = self._latency.get(state.uid)
-        if answers is None:
-            answers = self._latency[state.uid] = collections.deque(maxlen=ANSWERS_KEPT)
-        answers.append(result.duration_s)
-        self._answered[state.uid] = began
+        answered = answer_time(result.duration_s, result.failure)
+        if answered is not None:
+            answers = self._latency.get(state.uid)
+            if answers is None:
+                answers = self._latency[state.uid] = collections.deque(maxlen=ANSWERS_KEPT)
+            answers.append(answered)
+            self._answered[state.uid] = began
         if self._live(state):
             self.metrics.attempt(
                 state.namespace, state.name, status_class(result.status_code, result.failure), result.duration_s
