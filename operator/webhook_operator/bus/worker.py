@@ -721,7 +721,7 @@ class BusWorker:
                         await limiter.acquire()
                     break
                 except TimeoutError:
-                    if self._slow(state):
+                    if self._backlogged(state):
                         raise PutOff from None
         try:
             if not may_put_off or self._global.free > self._global.reserve:
@@ -733,7 +733,7 @@ class BusWorker:
                         await self._global.acquire(uid)
                     return
                 except TimeoutError:
-                    if self._slow(state):
+                    if self._backlogged(state):
                         raise PutOff from None
         except BaseException:
             limiter.release()
@@ -753,6 +753,13 @@ class BusWorker:
             return False
         answer, typical = self._answer_time(state), self._typical_answer()
         return answer >= HOLD_UP_S and typical is not None and slow(answer, typical)
+
+    def _backlogged(self, state: WebhookState) -> bool:
+        """Whether a delivery that has waited for its turn should be put off: its webhook is slow and more
+        of its deliveries wait here than it takes within a second (twice what it may send at once, or
+        more). With fewer, it keeps its place: its turn comes soon, and put off it would only come back."""
+        share = self._sending_share()
+        return self._crowd.get(state.uid, 0) >= CROWDED_FACTOR * share and self._slow(state)
 
     def _slow(self, state: WebhookState) -> bool:
         typical = self._typical_answer()
