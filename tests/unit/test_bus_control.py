@@ -151,8 +151,7 @@ def test_a_webhook_is_crowded_only_when_it_is_slow_and_what_waits_would_wait_a_s
 def test_the_typical_answer_is_the_quickest_webhooks_median_not_a_mean_of_attempts() -> None:
     # Ten slow webhooks crowding out a quick one make most attempts theirs; the quick one still sets it.
     answers = [[1.0, 1.1, 0.9]] * 10 + [[0.004, 0.2, 0.005]]
-    assert quickest_answer(answers) == 0.005
-    assert all(slow(1.0, quickest_answer(answers) or 0.0) for _ in answers[:10])
+    assert quickest_answer(answers) == 0.005 and slow(1.0, 0.005)
     # All alike (an overloaded replica): none is slow beside the others.
     alike = [[0.3, 0.35], [0.32, 0.3], [0.31]]
     assert quickest_answer(alike) == 0.31 and not slow(0.35, 0.31)

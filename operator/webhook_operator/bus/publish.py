@@ -53,7 +53,10 @@ class Publisher:
         except BaseException:
             del self.futures[token]
             raise
-        self._deadlines.append((loop.time() + self.timeout_s, future))
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].done():  # acks come back in about publication order
+            deadlines.popleft()
+        deadlines.append((loop.time() + self.timeout_s, future))
         if self._timer is None:
             self._timer = loop.call_later(self.timeout_s, self._expire)
         return future

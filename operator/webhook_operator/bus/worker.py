@@ -135,7 +135,8 @@ class BusUnavailable(Exception):
 
 
 class PutOff(Exception):
-    """A delivery waited ``PUT_OFF_WAIT_S`` for its slow webhook's turn: published on its own, due later."""
+    """A delivery to a slow webhook would hold a place others need (it would wait, or has waited, long for
+    its turn; or it would hold up its batch): published on its own instead, due later."""
 
 
 class StreamRefused(Exception):
@@ -715,29 +716,26 @@ class BusWorker:
         if not may_put_off or not limiter.locked():
             await limiter.acquire()
         else:
-            while True:
-                try:
-                    async with asyncio.timeout(PUT_OFF_WAIT_S):
-                        await limiter.acquire()
-                    break
-                except TimeoutError:
-                    if self._backlogged(state):
-                        raise PutOff from None
+            await self._wait_or_put_off(state, limiter.acquire)
         try:
             if not may_put_off or self._global.free > self._global.reserve:
                 await self._global.acquire(uid)
-                return
-            while True:
-                try:
-                    async with asyncio.timeout(PUT_OFF_WAIT_S):
-                        await self._global.acquire(uid)
-                    return
-                except TimeoutError:
-                    if self._backlogged(state):
-                        raise PutOff from None
+            else:
+                await self._wait_or_put_off(state, lambda: self._global.acquire(uid))
         except BaseException:
             limiter.release()
             raise
+
+    async def _wait_or_put_off(self, state: WebhookState, acquire: Callable[[], Awaitable[Any]]) -> None:
+        """``acquire()``, looking again every ``PUT_OFF_WAIT_S``: ``PutOff`` once the webhook is backlogged."""
+        while True:
+            try:
+                async with asyncio.timeout(PUT_OFF_WAIT_S):
+                    await acquire()
+                return
+            except TimeoutError:
+                if self._backlogged(state):
+                    raise PutOff from None
 
     def _would_hold_up(self, state: WebhookState) -> bool:
         """Whether attempting a batch's delivery to this webhook would hold the batch's places (the other
