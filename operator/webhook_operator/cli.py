@@ -66,7 +66,7 @@ def run(settings: Settings) -> int:
     )
     logging.getLogger().setLevel(settings.log_level)
     # Delivery URLs stay out of the logs at every level (a path or query often carries a token):
-    # nothing here logs them, and aiohttp's client logs no requests.
+    # nothing here logs them, and neither HTTP client (deliveries', the API's) logs requests.
     if settings.log_level != "DEBUG":
         # One line per handled watch event drowns what matters.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -187,7 +187,7 @@ async def baseline(ctx: Context) -> dict[str, Any]:
 
 
 async def raw_post_rate(ctx: Context, count: int, *, client_kind: str = "httpx") -> dict[str, Any]:
-    """Plain POSTs of a delivery-sized body, nothing else: stock httpx, or aiohttp (the operator's HTTP stack)."""
+    """Plain POSTs of a delivery-sized body, nothing else: stock httpx, or aiohttp (kopf's HTTP stack)."""
     p = ctx.params
     body = delivery_body(ctx.pad)
     url = ctx.receiver.url("/raw")

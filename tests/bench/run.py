@@ -143,7 +143,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("engine_rate", "engine in-process (sign, POST, record)", "/s"),
     ("engine_raw_rate", "raw httpx loop, same concurrency", "/s"),
     ("engine_ratio", "engine / raw httpx", ""),
-    ("engine_raw_rate_aiohttp", "raw aiohttp loop (the operator's HTTP stack)", "/s"),
+    ("engine_raw_rate_aiohttp", "raw aiohttp loop (a general async client)", "/s"),
     ("engine_ratio_aiohttp", "engine / raw aiohttp", ""),
     ("engine_cpu_ms_per_delivery", "engine CPU per delivery", "ms"),
     ("raw_cpu_ms_per_post", "raw httpx CPU per POST", "ms"),

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import trustme
 
+from tests.support.loops import event_loop_policy  # noqa: F401  (both loops)
 from tests.support.receiver import Receiver
 from webhook_operator.delivery import transport
 from webhook_operator.delivery.transport import (

@@ -5,9 +5,8 @@ those are dialled, so a DNS answer that changes after the check cannot redirect 
 and certificate) and the Host header still use the host name from the URL. An IP-literal URL is
 checked against the policy before anything is dialled.
 
-Built on aiohttp (kopf's own HTTP stack, with a C HTTP parser): a delivery costs about a fifth of
-the CPU it did on httpx (see tests/bench). aiohttp is used only through its public interface: a
-custom resolver and the session's request options.
+HTTP itself is ``http1``: a delivery's POST on an asyncio protocol over the event loop's sockets and
+TLS (uvloop's in the operator), with keep-alive connections pooled per TLS configuration.
 """
 
 from __future__ import annotations
@@ -15,31 +14,35 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
 import ssl
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
-from multidict import CIMultiDictProxy
-from yarl import URL
-
+from webhook_operator.delivery.http1 import (
+    RESPONSE_BODY_LIMIT,
+    Connection,
+    DeliveryResponse,
+    IdleConnections,
+    MalformedResponse,
+)
 from webhook_operator.policy import (
+    DEFAULT_PORTS,
     BlockedDestination,
     DestinationPolicy,
     PolicyViolation,
     Resolver,
     allowed_addresses,
     ip_literal,
-    shown_url,
+    parse_url,
     system_resolve,
 )
+
+__all__ = ["RESPONSE_BODY_LIMIT", "DeliveryResponse"]
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 # Longer than the usual 5 s so steady traffic reuses connections, shorter than common server idle timeouts.
 KEEPALIVE_EXPIRY_SECONDS = 15.0
-RESPONSE_BODY_LIMIT = 1024
 TARGET_CACHE_SIZE = 10_000  # distinct webhook URLs whose parsed form is kept
 # A per-webhook TLS configuration's session is closed once no attempt has used it for this long
 # (longer than the keep-alive, so its connections have gone idle by then anyway).
@@ -73,13 +76,6 @@ class DeliveryConnectError(DeliveryError):
 
 class DeliveryTimeout(DeliveryError):
     """The attempt ran out of time (connecting, sending or waiting for the response)."""
-
-
-@dataclass(frozen=True)
-class DeliveryResponse:
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes  # at most RESPONSE_BODY_LIMIT bytes of the (decoded) body
 
 
 @dataclass(frozen=True)
@@ -144,48 +140,54 @@ def check_tls_material(material: TLSMaterial) -> None:
     load_tls_material(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), material)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A webhook URL as it is dialled and sent: parsed once per distinct URL."""
+
+    key: tuple[str, str, int]  # scheme, host, port: the keep-alive pool's key
+    host: str
+    port: int
+    tls: bool
+    literal: bool  # an IP literal, already checked against the policy
+    head: bytes  # "POST <target> HTTP/1.1\r\nhost: ...\r\n"
+
+
+def _target_of(url: str) -> _Target:
+    parsed = parse_url(url, allow_http=True)
+    path = parsed.target
+    if not path.isascii():
+        path = urllib.parse.quote(path, safe="!#$%&'()*+,/:;=?@[]~")
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    if parsed.port != DEFAULT_PORTS[parsed.scheme]:
+        host = f"{host}:{parsed.port}"
+    return _Target(
+        key=(parsed.scheme, parsed.host, parsed.port),
+        host=parsed.host,
+        port=parsed.port,
+        tls=parsed.scheme == "https",
+        literal=ip_literal(parsed.host) is not None,
+        head=f"POST {path} HTTP/1.1\r\nhost: {host}\r\n".encode(),
+    )
+
+
 @dataclass
-class _TLSPool:
-    session: aiohttp.ClientSession
+class _Pool:
+    """The connections of one TLS configuration."""
+
+    ssl_context: ssl.SSLContext
+    idle: IdleConnections = field(default_factory=IdleConnections)
     in_use: int = 0
     last_used: float = 0.0
+    closed: bool = False
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp's resolver: one lookup, filtered through the destination policy, allowed addresses only."""
-
-    def __init__(self, policy: DestinationPolicy, resolve: Resolver = system_resolve) -> None:
-        self._policy = policy
-        self._resolve = resolve
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        try:
-            addresses = await allowed_addresses(host, port, self._policy, self._resolve)
-        except BlockedDestination as exc:
-            raise BlockedDestinationError(exc) from None
-        except PolicyViolation as exc:
-            # A name that does not resolve now may resolve later: a connection error, retried like one.
-            raise DeliveryConnectError(exc.message) from None
-        return [
-            {
-                "hostname": host,
-                "host": str(address),
-                "port": port,
-                "family": socket.AF_INET6 if address.version == 6 else socket.AF_INET,
-                "proto": socket.IPPROTO_TCP,
-                "flags": socket.AI_NUMERICHOST,
-            }
-            for address in addresses
-        ]
-
-    async def close(self) -> None:
-        return None
+def _time_out(waiter: asyncio.Future[DeliveryResponse]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class DeliveryClient:
-    """The one client all deliveries share: a keep-alive pool, no redirects, no proxy variables."""
+    """The one client all deliveries share: a keep-alive pool, no redirects, no proxies, no cookies."""
 
     def __init__(
         self,
@@ -202,36 +204,18 @@ class DeliveryClient:
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.user_agent = user_agent
-        self._resolver = GuardedResolver(policy, resolve)
-        self._session: aiohttp.ClientSession | None = None
-        self._tls_pools: dict[str, _TLSPool] = {}  # by TLSMaterial.fingerprint
-        self._closing: set[asyncio.Task[None]] = set()
+        self._resolve = resolve
+        self._agent = f"user-agent: {user_agent}\r\n"
+        self._pool = _Pool(ssl_context)
+        self._slots: asyncio.Semaphore | None = None
+        self._tls_pools: dict[str, _Pool] = {}  # by TLSMaterial.fingerprint
         self._tls_building: dict[str, asyncio.Future[ssl.SSLContext]] = {}
-        self._targets: dict[str, URL | BlockedDestinationError] = {}
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # one per distinct spec.retry.timeoutSeconds
+        self._targets: dict[str, _Target | DeliveryConnectError | BlockedDestinationError] = {}
 
-    def _new_session(self, ssl_context: ssl.SSLContext) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            ssl=ssl_context,
-            resolver=self._resolver,
-            use_dns_cache=False,  # every new connection is resolved and checked again
-            limit=self.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=KEEPALIVE_EXPIRY_SECONDS,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            headers={"user-agent": self.user_agent},
-            trust_env=False,
-            # A receiver's cookies must never travel to another webhook on the same host.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
-        )
-
-    async def _tls_pool(self, material: TLSMaterial) -> _TLSPool:
-        """The session of one TLS configuration: webhooks with the same CA and client certificate share
+    async def _tls_pool(self, material: TLSMaterial) -> _Pool:
+        """The pool of one TLS configuration: webhooks with the same CA and client certificate share
         its connections; a rotated Secret has a new fingerprint, so new connections use the new material
-        while attempts already running finish on the old session, closed once idle."""
+        while attempts already running finish on the old pool, closed once idle."""
         key = material.fingerprint
         pool = self._tls_pools.get(key)
         if pool is None:
@@ -247,7 +231,7 @@ class DeliveryClient:
                 self._tls_building.pop(key, None)
             pool = self._tls_pools.get(key)
             if pool is None:
-                pool = self._tls_pools[key] = _TLSPool(self._new_session(context))
+                pool = self._tls_pools[key] = _Pool(context)
         self._close_idle_pools(keep=key)
         return pool
 
@@ -260,19 +244,12 @@ class DeliveryClient:
         for key, pool in list(self._tls_pools.items()):
             if key != keep and pool.in_use == 0 and pool.last_used < cutoff:
                 del self._tls_pools[key]
-                task = asyncio.ensure_future(pool.session.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                pool.closed = True
+                pool.idle.close()
 
     @property
     def tls_pools(self) -> int:
         return len(self._tls_pools)
-
-    def _open(self) -> aiohttp.ClientSession:
-        # Made on first use, inside the running event loop aiohttp binds to.
-        if self._session is None:
-            self._session = self._new_session(self.ssl_context)
-        return self._session
 
     async def post(
         self,
@@ -283,67 +260,115 @@ class DeliveryClient:
         timeout_s: float = DEFAULT_TIMEOUT_SECONDS,
         tls: TLSMaterial | None = None,
     ) -> DeliveryResponse:
-        """POST ``body`` (through the session of ``tls`` when the webhook has its own TLS);
+        """POST ``body`` (through the pool of ``tls`` when the webhook has its own TLS);
         raises a DeliveryError subclass when no HTTP response came back."""
         if tls is None:
-            return await self._post(self._open(), url, body, headers, timeout_s)
+            return await self._post(self._pool, url, body, headers, timeout_s)
         try:
             pool = await self._tls_pool(tls)
         except TLSMaterialError as exc:  # checked at reconcile; only a race with a rotation gets here
             raise DeliveryConnectError(f"TLS error: {exc}") from None
         pool.in_use += 1
         try:
-            return await self._post(pool.session, url, body, headers, timeout_s)
+            return await self._post(pool, url, body, headers, timeout_s)
         finally:
             pool.in_use -= 1
             pool.last_used = time.monotonic()
 
+    def _request(self, target: _Target, body: bytes, headers: dict[str, str]) -> bytes:
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+            raise DeliveryConnectError("a header name or value contains a line break")
+        if "user-agent" not in headers:
+            lines += self._agent
+        return b"".join((target.head, lines.encode(), b"content-length: %d\r\n\r\n" % len(body), body))
+
     async def _post(
-        self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], timeout_s: float
+        self, pool: _Pool, url: str, body: bytes, headers: dict[str, str], timeout_s: float
     ) -> DeliveryResponse:
         target = await self._target(url)
-        timeout = self._timeouts.get(timeout_s)
-        if timeout is None:
-            timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(total=timeout_s)
-        try:
-            async with session.post(target, data=body, headers=headers, allow_redirects=False, timeout=timeout) as resp:
-                content = resp.content
-                data = await content.read(RESPONSE_BODY_LIMIT)
-                # A short body has usually all arrived with the head: no second read just to see the end.
-                while data and len(data) < RESPONSE_BODY_LIMIT and not content.at_eof():
-                    chunk = await content.read(RESPONSE_BODY_LIMIT - len(data))
-                    if not chunk:
-                        break
-                    data += chunk
-                return DeliveryResponse(resp.status, resp.headers, data)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise DeliveryTimeout(f"timeout after {timeout_s:g}s") from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise DeliveryConnectError(f"TLS error: {exc.certificate_error}") from None
-        except aiohttp.ClientSSLError as exc:
-            raise DeliveryConnectError(f"TLS error: {_cause(exc)}") from None
-        except aiohttp.ClientConnectorError as exc:
-            cause = _cause(exc)
-            raise DeliveryConnectError(f"cannot connect to {exc.host} port {exc.port}: {cause}", cause) from None
-        except (aiohttp.ClientError, OSError) as exc:
-            # Some aiohttp errors (a malformed response) name the URL, whose path or query may hold a token.
-            cause = _cause(exc)
-            for full in {url, str(target)}:
-                cause = cause.replace(full, shown_url(url))
-            raise DeliveryConnectError(cause) from None
+        request = self._request(target, body, headers)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        slots = self._slots
+        if slots is None:
+            slots = self._slots = asyncio.Semaphore(self.max_connections)
+        async with slots:
+            expiry = KEEPALIVE_EXPIRY_SECONDS
+            connection = pool.idle.take(target.key, loop.time(), expiry)
+            if connection is None:
+                connection = await self._connect(pool, target, deadline, timeout_s)
+            waiter: asyncio.Future[DeliveryResponse] = loop.create_future()
+            timer = loop.call_at(deadline, _time_out, waiter)
+            try:
+                connection.request(request, waiter)
+                response = await waiter
+            except TimeoutError:
+                connection.close()
+                raise DeliveryTimeout(f"timeout after {timeout_s:g}s") from None
+            except MalformedResponse as exc:
+                connection.close()
+                raise DeliveryConnectError(f"malformed response: {exc}") from None
+            except OSError as exc:
+                connection.close()
+                raise DeliveryConnectError(_cause(exc)) from None
+            except BaseException:
+                connection.close()  # cancelled mid-request: what the server got is unknown
+                raise
+            finally:
+                timer.cancel()
+            if connection.keep_alive and not pool.closed and connection.usable:
+                pool.idle.put(target.key, connection, loop.time(), expiry)
+            else:
+                connection.close()
+            return response
 
-    async def _target(self, url: str) -> URL:
+    async def _connect(self, pool: _Pool, target: _Target, deadline: float, timeout_s: float) -> Connection:
+        """A new connection to one of the addresses the policy allows, tried in resolver order."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline):
+                try:
+                    addresses = await allowed_addresses(target.host, target.port, self.policy, self._resolve)
+                except BlockedDestination as exc:
+                    raise BlockedDestinationError(exc) from None
+                except PolicyViolation as exc:
+                    # A name that does not resolve now may resolve later: a connection error, retried like one.
+                    raise DeliveryConnectError(exc.message) from None
+                failure: OSError | None = None
+                for address in addresses:
+                    try:
+                        _, connection = await loop.create_connection(
+                            Connection,
+                            str(address),
+                            target.port,
+                            ssl=pool.ssl_context if target.tls else None,
+                            server_hostname=target.host if target.tls else None,
+                        )
+                    except ssl.SSLError as exc:
+                        raise DeliveryConnectError(f"TLS error: {exc}") from None
+                    except OSError as exc:
+                        failure = exc  # refused or unreachable: the next allowed address
+                        continue
+                    return connection
+        except TimeoutError:
+            raise DeliveryTimeout(f"timeout after {timeout_s:g}s") from None
+        cause = _cause(failure) if failure is not None else "no address to dial"
+        raise DeliveryConnectError(f"cannot connect to {target.host} port {target.port}: {cause}", cause)
+
+    async def _target(self, url: str) -> _Target:
         """The parsed URL, once per distinct URL; an IP literal is checked against the policy here,
-        since aiohttp dials literals without asking the resolver. The policy never changes, so
-        the verdict is kept too."""
+        once: the policy never changes, so the verdict is kept too."""
         cached = self._targets.get(url)
         if cached is None:
-            parsed = URL(url)
-            host = parsed.host or ""
-            verdict: URL | BlockedDestinationError = parsed
-            if ip_literal(host) is not None:
+            verdict: _Target | DeliveryConnectError | BlockedDestinationError
+            try:
+                verdict = _target_of(url)
+            except PolicyViolation as exc:  # checked at reconcile; a URL that fails here is never sent
+                verdict = DeliveryConnectError(exc.message)
+            if isinstance(verdict, _Target) and verdict.literal:
                 try:
-                    await allowed_addresses(host, 0, self.policy)
+                    await allowed_addresses(verdict.host, 0, self.policy)
                 except BlockedDestination as exc:
                     verdict = BlockedDestinationError(exc)
             if len(self._targets) >= TARGET_CACHE_SIZE:
@@ -351,17 +376,15 @@ class DeliveryClient:
             self._targets[url] = cached = verdict
         if isinstance(cached, BlockedDestinationError):
             raise BlockedDestinationError(cached.violation)
+        if isinstance(cached, DeliveryConnectError):
+            raise DeliveryConnectError(str(cached))
         return cached
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        pools, self._tls_pools = list(self._tls_pools.values()), {}
-        for pool in pools:
-            await pool.session.close()
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        for pool in [self._pool, *self._tls_pools.values()]:
+            pool.closed = True
+            pool.idle.close()
+        self._tls_pools = {}
 
     async def __aenter__(self) -> DeliveryClient:
         return self
