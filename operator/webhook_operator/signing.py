@@ -6,9 +6,10 @@ import base64
 import hashlib
 import hmac
 import json
+import json.encoder
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 KEY_ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
@@ -55,16 +56,40 @@ def build_body(
     test: bool = False,
 ) -> bytes:
     """The delivery body: compact UTF-8 JSON with the keys in contract order (signatures cover these bytes)."""
-    payload: dict[str, object] = {
-        "hookId": hook_id,
-        "event": event,
-        "createdAt": created_at,
-        "eventId": event_id,
-        "data": data,
-    }
-    if test:
-        payload["test"] = True
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return body_with_data(
+        hook_id=hook_id, event=event, created_at=created_at, event_id=event_id, data_json=encode_json(data), test=test
+    )
+
+
+def encode_json(value: object) -> bytes:
+    """Compact UTF-8 JSON as a delivery body writes it (non-ASCII as is, no NaN)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def body_with_data(
+    *, hook_id: str, event: str, created_at: str, event_id: str, data_json: bytes, test: bool = False
+) -> bytes:
+    """``build_body`` around ``data`` already encoded by ``encode_json``: the same bytes, without encoding
+    an event's data again for each of its webhooks."""
+    return b"".join(
+        (
+            b'{"hookId":',
+            _string(hook_id).encode(),
+            b',"event":',
+            _string(event).encode(),
+            b',"createdAt":',
+            _string(created_at).encode(),
+            b',"eventId":',
+            _string(event_id).encode(),
+            b',"data":',
+            data_json,
+            b',"test":true}' if test else b"}",
+        )
+    )
+
+
+# A JSON string as json.dumps(..., ensure_ascii=False) writes it (json's own encoder, in C).
+_string: Callable[[str], str] = json.encoder.encode_basestring
 
 
 # An HMAC keyed once per signing key, copied per signature: keying costs more than the copy.

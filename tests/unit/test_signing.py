@@ -14,7 +14,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from webhook_operator.signing import (
+    body_with_data,
     build_body,
+    encode_json,
     format_created_at,
     generate_signing_key,
     logto_signature,
@@ -134,6 +136,39 @@ def test_body_keeps_data_key_order_and_nesting() -> None:
     data = {"z": [1, 2.5, True, None], "a": {"y": "x", "b": ""}}
     body = build_body(hook_id="ns/w", event="E", created_at="t", event_id="u", data=data)
     assert body.endswith(b'"data":{"z":[1,2.5,true,null],"a":{"y":"x","b":""}}}')
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'a"quote', "back\\slash\\", 'end\\"', "zoë 🦊", "\u2028 line separator", "tab\t nul\x00", "\x7f\x1f"],
+)
+@pytest.mark.parametrize("test", [False, True])
+def test_a_body_around_data_encoded_once_is_byte_for_byte_the_same(text: str, test: bool) -> None:
+    # One encoding of an event's data serves all its webhooks' bodies; the bytes, and so the
+    # signatures, must be what encoding the whole body gives, for any string json escapes.
+    data = {"text": text, "n": [1, 2.5, 10**30, None, True], text: {"nested": text}}
+    fields = {"hook_id": f"ns/{text}", "event": f"E.{text}", "created_at": text, "event_id": text + "-id"}
+    whole = json.dumps(
+        {
+            "hookId": fields["hook_id"],
+            "event": fields["event"],
+            "createdAt": text,
+            "eventId": fields["event_id"],
+            "data": data,
+        }
+        | ({"test": True} if test else {}),
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+    assert body_with_data(**fields, data_json=encode_json(data), test=test) == whole
+    assert build_body(**fields, data=data, test=test) == whole
+
+
+def test_a_body_refuses_what_json_cannot_carry() -> None:
+    with pytest.raises(ValueError):
+        build_body(hook_id="ns/w", event="E", created_at="t", event_id="u", data={"x": float("nan")})
+    with pytest.raises(UnicodeEncodeError):
+        build_body(hook_id="ns/w", event="E", created_at="t", event_id="u\ud800", data=None)
 
 
 # --- signatures --------------------------------------------------------------------------

@@ -84,6 +84,7 @@ from webhook_operator.bus.messages import (
     deliveries_subject,
     derived_event_id,
     encode_batch,
+    encode_data,
     events_subject,
     log_record,
     log_record_id,
@@ -104,7 +105,7 @@ from webhook_operator.metrics import Metrics
 from webhook_operator.model import format_time, format_time_ms, now, parse_time
 from webhook_operator.retry import next_backoff, should_retry, status_class
 from webhook_operator.settings import Settings
-from webhook_operator.signing import build_body, format_created_at, message_id
+from webhook_operator.signing import body_with_data, format_created_at, message_id
 
 if TYPE_CHECKING:
     from webhook_operator.webhooks import WebhookController
@@ -680,7 +681,7 @@ class BusWorker:
                 try:
                     if self._crowded(state) or self._would_hold_up(state):
                         raise PutOff
-                    result = await self._attempt(delivery, state)
+                    result = await self._attempt(delivery, state, data=data)
                 except PutOff:
                     await self._stored([await self._put_off(state, delivery, data, attempts - 1, tag)])
                     return
@@ -877,13 +878,16 @@ class BusWorker:
         current = self.index.get(state.namespace, state.name)
         return current is not None and current.uid == state.uid
 
-    async def _attempt(self, delivery: Delivery, state: WebhookState, *, limited: bool = False) -> AttemptResult | None:
-        body = build_body(
+    async def _attempt(
+        self, delivery: Delivery, state: WebhookState, *, limited: bool = False, data: bytes | None = None
+    ) -> AttemptResult | None:
+        """One attempt; ``data``: the delivery's data as its batch message carries it (encoded once, for all)."""
+        body = body_with_data(
             hook_id=state.hook_id,
             event=delivery.event,
             created_at=delivery.created_at,
             event_id=delivery.event_id,
-            data=delivery.data,
+            data_json=encode_data(delivery.data) if data is None else data,
         )
         assert state.limiter is not None
         # spec.rateLimit (controlled path): wait for a token holding no slot, keeping the webhook's turn,

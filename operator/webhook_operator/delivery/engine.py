@@ -43,7 +43,7 @@ from webhook_operator.model import (
 )
 from webhook_operator.retry import next_backoff, should_retry, status_class
 from webhook_operator.settings import Settings
-from webhook_operator.signing import build_body, format_created_at, message_id
+from webhook_operator.signing import body_with_data, build_body, encode_json, format_created_at, message_id
 from webhook_operator.status import delivered_summary, event_conditions, event_phase
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class EventJob:
     unrecorded: int = 0  # attempts whose outcome is in ``deliveries`` but not yet in a written status
     flush_due: bool = False  # a write of those outcomes is scheduled
     matched: bool = False  # its deliveries were matched here, so the stored status does not hold them yet
+    data_json: bytes | None = None  # ``data`` as every body carries it, encoded at the first attempt
 
     @property
     def handled(self) -> tuple[str | None, ...]:
@@ -666,8 +667,15 @@ class DeliveryEngine:
     ) -> AttemptResult:
         """One attempt. With ``token_turn`` (the webhook's rate-limit turn, held by this delivery), the
         token is taken once the slots are held, at the moment of sending, and the turn passed on."""
-        body = build_body(
-            hook_id=state.hook_id, event=job.event, created_at=job.created_at, event_id=job.event_id, data=job.data
+        data_json = job.data_json
+        if data_json is None:
+            data_json = job.data_json = encode_json(job.data)
+        body = body_with_data(
+            hook_id=state.hook_id,
+            event=job.event,
+            created_at=job.created_at,
+            event_id=job.event_id,
+            data_json=data_json,
         )
         assert state.limiter is not None
         turn = token_turn
