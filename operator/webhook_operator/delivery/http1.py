@@ -330,9 +330,6 @@ class IdleConnections:
         if oldest is not None:
             self._sweep = loop.call_at(oldest + self._expiry_s, self._expire)
 
-    def __len__(self) -> int:
-        return sum(len(idle) for idle in self._idle.values())
-
     def close(self) -> None:
         if self._sweep is not None:
             self._sweep.cancel()
