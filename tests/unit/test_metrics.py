@@ -31,3 +31,23 @@ def test_series_of_a_removed_webhook_come_back_fresh_when_it_is_delivered_to_aga
     assert sample(metrics, "webhook_operator_deliveries_total", **final) == 1
     duration = {"namespace": "shop", "webhook": "hook"}
     assert sample(metrics, "webhook_operator_delivery_duration_seconds_count", **duration) == 1
+
+
+def test_a_removed_webhooks_gauges_come_back_fresh_and_exported() -> None:
+    metrics = Metrics()
+    gauges = metrics.gauges("shop", "hook")
+    assert metrics.gauges("shop", "hook") is gauges  # looked up once
+    gauges.pending.inc(3)
+    gauges.in_flight.inc()
+    gauges.ordered_blocked.set(2)
+    key = {"namespace": "shop", "webhook": "hook"}
+    assert sample(metrics, "webhook_operator_deliveries_pending", **key) == 3
+
+    metrics.remove_webhook("shop", "hook")
+    assert 'webhook="hook"' not in generate_latest(metrics.registry).decode()
+
+    # A kept child of the removed series would move unexported: the new one is exported, from 0.
+    metrics.gauges("shop", "hook").pending.inc()
+    assert sample(metrics, "webhook_operator_deliveries_pending", **key) == 1
+    assert sample(metrics, "webhook_operator_deliveries_in_flight", **key) == 0
+    assert sample(metrics, "webhook_operator_ordered_blocked", **key) == 0

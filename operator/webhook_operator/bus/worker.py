@@ -909,7 +909,7 @@ class BusWorker:
                     turn = None
                 if self._stopping.is_set():
                     return None
-                self.metrics.in_flight.labels(state.namespace, state.name).inc()
+                self.metrics.gauges(state.namespace, state.name).in_flight.inc()
                 sending = self._sending.setdefault(state.uid, {})
                 token = id(body)
                 sending[token] = began = time.monotonic()
@@ -922,7 +922,7 @@ class BusWorker:
                     if not sending:
                         self._sending.pop(state.uid, None)
                     if self._live(state):
-                        self.metrics.in_flight.labels(state.namespace, state.name).dec()
+                        self.metrics.gauges(state.namespace, state.name).in_flight.dec()
             finally:
                 self._global.release(state.uid)
                 state.limiter.release()
@@ -1078,7 +1078,7 @@ class BusWorker:
                 state = self.index.get(namespace, name)
                 if not controlled(state) or (state is not None and not state.spec.ordered):
                     if state is not None:
-                        self.metrics.ordered_blocked.labels(namespace, name).set(0)
+                        self.metrics.gauges(namespace, name).ordered_blocked.set(0)
                     await release_held()
                     if not controlled(state) and not out:
                         view = await self._view(durable)
@@ -1096,7 +1096,7 @@ class BusWorker:
                 assert state is not None
                 view = await self._view(durable)
                 # Waiting behind the head (held, out or not pulled yet), as CR mode's gauge.
-                self.metrics.ordered_blocked.labels(namespace, name).set(max(0, view.ack_pending + view.unpulled - 1))
+                self.metrics.gauges(namespace, name).ordered_blocked.set(max(0, view.ack_pending + view.unpulled - 1))
                 room = ORDER_WINDOW - len(held)
                 if room > 0 and (not held or view.unpulled > 0 or view.ack_pending > len(held) + len(out)):
                     msgs = await self._fetch(sub, min(room, 256), 1.0 if not held else 0.2)

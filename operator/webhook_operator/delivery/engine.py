@@ -446,10 +446,10 @@ class DeliveryEngine:
         def count_pending(state: WebhookState | None) -> None:
             nonlocal counted
             if counted is not None and self._live(counted):
-                self.metrics.pending.labels(job.namespace, name).dec()
+                self.metrics.gauges(job.namespace, name).pending.dec()
             counted = state
             if counted is not None:
-                self.metrics.pending.labels(job.namespace, name).inc()
+                self.metrics.gauges(job.namespace, name).pending.inc()
 
         try:
             while not job.gone and not self._stopping.is_set():
@@ -567,7 +567,7 @@ class DeliveryEngine:
 
     def _order_gauge(self, webhook: WebhookKey, state: WebhookState) -> None:
         blocked = self.ordering.blocked(webhook) if state.spec.ordered else 0
-        self.metrics.ordered_blocked.labels(state.namespace, state.name).set(blocked)
+        self.metrics.gauges(state.namespace, state.name).ordered_blocked.set(blocked)
 
     async def _wait_for_turn(self, webhook: WebhookKey, state: WebhookState) -> None:
         """Until the order of this webhook moves (or a second passes: the spec may have changed)."""
@@ -701,14 +701,14 @@ class DeliveryEngine:
                     if held is not None:
                         held[0].take(time.monotonic())
                     end_turn()
-                self.metrics.in_flight.labels(job.namespace, state.name).inc()
+                self.metrics.gauges(job.namespace, state.name).in_flight.inc()
                 try:
                     result = await send(
                         self.client, state, body, entry["id"], timeout_s=state.spec.retry.timeout_seconds
                     )
                 finally:
                     if self._live(state):
-                        self.metrics.in_flight.labels(job.namespace, state.name).dec()
+                        self.metrics.gauges(job.namespace, state.name).in_flight.dec()
                     self._global.release(key)
                 # Counted until written (_recorded); the caller folds the result into the entry before
                 # anything else runs.
@@ -887,7 +887,7 @@ class DeliveryEngine:
         webhooks = tuple(park.webhook for park in parks)
         for webhook in webhooks:
             if self.index.get(job.namespace, webhook) is not None:
-                self.metrics.pending.labels(job.namespace, webhook).inc()
+                self.metrics.gauges(job.namespace, webhook).pending.inc()
         self._parked.park(
             job.uid,
             job.namespace,
@@ -965,7 +965,7 @@ class DeliveryEngine:
     def _uncount(self, parked: Parked) -> None:
         for webhook in parked.webhooks:
             if self.index.get(parked.namespace, webhook) is not None:
-                self.metrics.pending.labels(parked.namespace, webhook).dec()
+                self.metrics.gauges(parked.namespace, webhook).pending.dec()
 
     async def _wake_loop(self) -> None:
         """Read parked events again when they are due, a few at a time, while the engine has capacity."""
@@ -1004,7 +1004,7 @@ class DeliveryEngine:
                 )
                 for webhook in parked.webhooks:
                     if self.index.get(parked.namespace, webhook) is not None:
-                        self.metrics.pending.labels(parked.namespace, webhook).inc()
+                        self.metrics.gauges(parked.namespace, webhook).pending.inc()
                 self._parked_changed.set()
             return
         finally:
