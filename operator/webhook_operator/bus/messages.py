@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from webhook_operator.ingress.parse import EVENT_NAME_MAX, EVENT_NAME_RE
+from webhook_operator.signing import encode_json
 
 EVENTS_PREFIX = "webhook-operator.events."
 DELIVERIES_PREFIX = "webhook-operator.deliveries."
@@ -58,7 +59,7 @@ def encode_data(data: Any) -> bytes:
     """An event's ``data`` as the delivery message carries it: json's compact text, once per event (orjson
     could not write integers past 64 bits: the body must come out as in CR mode); ValueError for what no
     body can carry (NaN, a lone surrogate)."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return encode_json(data)
 
 
 def events_subject(namespace: str) -> str:

@@ -303,18 +303,15 @@ class DeliveryClient:
             try:
                 connection.request(request, waiter)
                 response = await waiter
-            except TimeoutError:
-                connection.close()
-                raise DeliveryTimeout(f"timeout after {timeout_s:g}s") from None
-            except MalformedResponse as exc:
-                connection.close()
-                raise DeliveryConnectError(f"malformed response: {exc}") from None
-            except OSError as exc:
-                connection.close()
-                raise DeliveryConnectError(_cause(exc)) from None
-            except BaseException:
-                connection.close()  # cancelled mid-request: what the server got is unknown
-                raise
+            except BaseException as exc:
+                connection.close()  # what the server got, and what is left on the wire, is unknown
+                if isinstance(exc, TimeoutError):
+                    raise DeliveryTimeout(f"timeout after {timeout_s:g}s") from None
+                if isinstance(exc, MalformedResponse):
+                    raise DeliveryConnectError(f"malformed response: {exc}") from None
+                if isinstance(exc, OSError):
+                    raise DeliveryConnectError(_cause(exc)) from None
+                raise  # cancelled mid-request
             finally:
                 timer.cancel()
             if connection.keep_alive and not pool.closed and connection.usable:
