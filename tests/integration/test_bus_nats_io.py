@@ -24,7 +24,7 @@ async def consumer(server: NatsServer, ack_wait_s: float = 30.0) -> tuple[nats.N
     await js.add_consumer(
         "PULL", ConsumerConfig(durable_name="c", ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait_s, max_waiting=16)
     )
-    return nc, js, await js.pull_subscribe_bind("c", "PULL")
+    return nc, js, await pull.bind(js, "c", "PULL")
 
 
 async def test_fetch_returns_what_is_there_at_once_and_at_most_the_batch(nats_server: NatsServer) -> None:
@@ -83,6 +83,40 @@ async def test_a_message_arriving_after_a_fetch_returned_comes_with_the_next_one
         assert got == [b"x"], "not lost between two fetches, and not handed out twice"
         with pytest.raises(TimeoutError):
             await pull.fetch(sub, 4, 0.3)
+    finally:
+        await nc.close()
+
+
+async def test_a_status_of_an_earlier_request_does_not_end_the_one_under_way(nats_server: NatsServer) -> None:
+    """A 408 of a request whose fetch had given up, arriving while the next fetch waits: read as that
+    fetch's answer, it would send a second request with the first still open, and the orphan would hand
+    out messages nobody asked for after the fetch returned."""
+    nc, js, sub = await consumer(nats_server)
+    try:
+        fetching = asyncio.ensure_future(pull.fetch(sub, 2, 3.0))
+        await asyncio.sleep(0.2)  # its request is waiting on the server (nothing in the stream yet)
+        stale = {"Status": "408", "Description": "Request Timeout"}
+        await nc.publish(f"{sub._deliver}.0", b"", headers=stale)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.2)
+        for i in range(4):
+            await js.publish("pull.e", str(i).encode())  # type: ignore[attr-defined]
+        got = [m.data for m in await fetching]
+        assert got in ([b"0"], [b"0", b"1"])  # the no_wait request ends when the stream runs dry between two
+        await asyncio.sleep(0.5)
+        assert sub._sub._pending_queue.qsize() == 0, "an orphaned request handed out more than the batch"  # type: ignore[attr-defined]
+        info = await js.consumer_info("PULL", "c")  # type: ignore[attr-defined]
+        assert (info.num_ack_pending, info.num_pending) == (len(got), 4 - len(got))
+        rest = [m.data for m in await pull.fetch(sub, 5, 1.0)]
+        assert got + rest == [b"0", b"1", b"2", b"3"]
+    finally:
+        await nc.close()
+
+
+async def test_fetch_needs_a_subscription_with_a_reply_subject_per_request(nats_server: NatsServer) -> None:
+    nc, js, _ = await consumer(nats_server)
+    try:
+        with pytest.raises(ValueError, match=r"pull\.bind"):
+            await pull.fetch(await js.pull_subscribe_bind("c", "PULL"), 1, 0.1)  # type: ignore[attr-defined]
     finally:
         await nc.close()
 

@@ -7,25 +7,51 @@ request first; a ``no_wait`` request; if that brought nothing, one waiting until
 what has arrived straight from the subscription's queue, waiting with one ``asyncio.timeout`` only when it
 is empty. It relies on three attributes of nats-py's pull subscription (``_sub``, ``_nms``, ``_deliver``)
 and on its subscription's ``_pending_queue`` and ``_pending_size``, stable since nats-py 2.2.
+
+Each request has its own reply subject (``bind`` subscribes to ``<inbox>.*``), and only the status of the
+request under way ends it. With one reply subject for all, as nats-py has it, a request's 408 that arrives
+just after its fetch gave up reads as the answer to the next fetch's request; that fetch then sends a
+second, waiting request while the first is still open, and the orphan keeps handing messages to the
+subscription after the fetch returned: up to a batch nobody asked for, held without in-progress acks until
+the next fetch, past the ack wait when the replica is busy, and so delivered by two replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.client import DEFAULT_JS_SUB_PENDING_BYTES_LIMIT, DEFAULT_JS_SUB_PENDING_MSGS_LIMIT
 
 STATUS = "Status"
 NO_MESSAGES = "404"
 REQUEST_TIMEOUT = "408"
 CONFLICT = "409"
 HEARTBEAT = "100"
+STALE = "stale"  # a status answering an earlier request: skipped like a heartbeat
+SKIPPED = frozenset({HEARTBEAT, STALE})
 ENDS_REQUEST = frozenset({NO_MESSAGES, REQUEST_TIMEOUT})
 TEMPORARY = frozenset({NO_MESSAGES, REQUEST_TIMEOUT, CONFLICT})
+_requests = itertools.count(1)  # reply tokens, unique in this process
+
+
+async def bind(js: JetStreamContext, durable: str, stream: str) -> JetStreamContext.PullSubscription:
+    """A pull subscription to the durable consumer, as ``js.pull_subscribe_bind`` makes it, but subscribed
+    to ``<inbox>.*``: each of ``fetch``'s requests gets a reply subject of its own under it."""
+    nc = js._nc
+    inbox = bytes(nc._inbox_prefix) + b"." + bytes(nc._nuid.next())
+    sub = await nc.subscribe(
+        inbox.decode() + ".*",
+        pending_msgs_limit=DEFAULT_JS_SUB_PENDING_MSGS_LIMIT,
+        pending_bytes_limit=DEFAULT_JS_SUB_PENDING_BYTES_LIMIT,
+    )
+    return JetStreamContext.PullSubscription(js=js, sub=sub, stream=stream, consumer=durable, deliver=inbox)
 
 
 class _Queue:
@@ -35,6 +61,20 @@ class _Queue:
         self.sub = sub._sub
         self.queue: asyncio.Queue[Msg] = self.sub._pending_queue
         self.conn = sub._nc
+        self.inbox: str = sub._deliver
+        self.current = ""  # the reply subject of the request under way
+
+    async def request(self, subject: str, request: dict[str, Any]) -> None:
+        self.current = f"{self.inbox}.{next(_requests)}"
+        await self.conn.publish(subject, json.dumps(request).encode(), self.current)
+
+    def status(self, msg: Msg) -> str | None:
+        """The status of a message answering the request under way; None for a message to hand out (whichever
+        request brought it); ``STALE`` for a status of an earlier request (it ended, or its fetch gave up)."""
+        status = status_of(msg)
+        if status is not None and msg.subject != self.current:
+            return STALE
+        return status
 
     def take(self) -> Msg:
         msg = self.queue.get_nowait()
@@ -92,6 +132,8 @@ async def fetch(sub: Any, batch: int, wait_s: float) -> list[Msg]:
     ``sub.fetch(batch, timeout=wait_s)``; TimeoutError when none came."""
     if batch < 1 or wait_s <= 0:
         raise ValueError("fetch: a batch of at least one and a positive timeout")
+    if not sub._sub.subject.endswith(".*"):
+        raise ValueError("fetch: a subscription made by pull.bind (a reply subject per request)")
     queue = _Queue(sub)
     msgs: list[Msg] = []
     try:
@@ -118,15 +160,18 @@ async def _fetch(queue: _Queue, sub: Any, batch: int, wait_s: float, msgs: list[
     request: dict[str, Any] = {"batch": needed, "no_wait": True}
     if not msgs:
         request["expires"] = int(wait_s * 1_000_000_000) - 100_000
-    await queue.conn.publish(sub._nms, json.dumps(request).encode(), sub._deliver)
-    try:
-        msg = await queue.next(until)
-    except TimeoutError:
-        if msgs:
-            return msgs
-        raise
-    status = status_of(msg)
-    if status != HEARTBEAT and _processable(status, msg):
+    await queue.request(sub._nms, request)
+    while True:
+        try:
+            msg = await queue.next(until)
+        except TimeoutError:
+            if msgs:
+                return msgs
+            raise
+        status = queue.status(msg)
+        if status not in SKIPPED:
+            break
+    if _processable(status, msg):
         msgs.append(msg)
         needed -= 1
         needed = await _rest_of_batch(queue, until, needed, msgs)
@@ -137,11 +182,11 @@ async def _fetch(queue: _Queue, sub: Any, batch: int, wait_s: float, msgs: list[
     expires = int(left * 1_000_000_000) - 100_000
     if expires <= 0:
         raise TimeoutError
-    await queue.conn.publish(sub._nms, json.dumps({"batch": needed, "expires": expires}).encode(), sub._deliver)
+    await queue.request(sub._nms, {"batch": needed, "expires": expires})
     while not msgs:
         msg = await queue.next(until)  # TimeoutError: none came
-        status = status_of(msg)
-        if status == HEARTBEAT:
+        status = queue.status(msg)
+        if status in SKIPPED:
             continue
         if status is None:
             msgs.append(msg)
@@ -164,10 +209,10 @@ async def _rest_of_batch(queue: _Queue, until: float, needed: int, msgs: list[Ms
             msg = await queue.next(until)
         except TimeoutError:
             break
-        status = status_of(msg)
+        status = queue.status(msg)
         if status in ENDS_REQUEST:
             break
-        if status != HEARTBEAT and _processable(status, msg):
+        if status not in SKIPPED and _processable(status, msg):
             msgs.append(msg)
             needed -= 1
     return needed

@@ -122,7 +122,7 @@ CONTROL_INTERVAL_S = 1.0  # the Lease holder looks for controlled webhooks and s
 ORDER_POLL_S = 0.05  # an Ordered webhook waiting for its turn looks again this often
 MIN_RATE_WAIT_S = 0.001
 FOLD_ACK_TIMEOUT_S = 2.0
-BATCH_ACK_TIMEOUT_S = 2.0
+CONFIRM_ACK_TIMEOUT_S = 2.0  # an ack waited for before a delivery's places are freed
 ANSWERS_KEPT = 21  # answer times kept per webhook for its median
 ANSWERS_FRESH_S = 60.0  # a webhook's answer times are forgotten this long after its last answer
 HEALTH_ACK_WAIT_FACTOR = 2  # the health consumer's ack wait, in --event-bus-ack-wait
@@ -353,7 +353,7 @@ class BusWorker:
         assert self.js is not None
         while True:
             try:
-                return await self.js.pull_subscribe_bind(durable, stream)
+                return await pull.bind(self.js, durable, stream)
             except Exception as exc:
                 log.warning("bus: binding consumer %s failed (%s); trying again", durable, exc)
                 await asyncio.sleep(RECONNECT_S)
@@ -600,12 +600,10 @@ class BusWorker:
         if retry is not None:
             await msg.nak(delay=retry)
             return
-        if on_controlled:
-            # Confirmed on the controlled path: an Ordered webhook's next turn reads the consumer's state.
-            with contextlib.suppress(Exception):
-                await msg.ack_sync()
-                return
-        await msg.ack()
+        # Confirmed before its place is freed, as a batch's ack (an ack still in the client's buffer when the
+        # replica dies would send it again beyond what the places bound); and on the controlled path, an
+        # Ordered webhook's next turn reads the consumer's state.
+        await _confirmed_ack(msg)
 
     async def _settle(
         self, delivery: Delivery, state: WebhookState, result: AttemptResult, attempts: int, message: bytes
@@ -650,11 +648,7 @@ class BusWorker:
             return
         # Confirmed before its places are freed: an ack still in the client's buffer when the replica dies
         # would send the whole batch again, beyond what the places bound.
-        try:
-            await msg.ack_sync(timeout=BATCH_ACK_TIMEOUT_S)
-        except Exception:
-            with contextlib.suppress(Exception):
-                await msg.ack()
+        await _confirmed_ack(msg)
 
     async def _batch_member(
         self, delivery: Delivery, data: bytes, attempts: int, slots: asyncio.Semaphore, tag: str
@@ -1318,6 +1312,16 @@ def declare_problem(stream: str, replicas: int, error: nats.js.errors.APIError) 
             " servers (or lower the flag)"
         )
     return text
+
+
+async def _confirmed_ack(msg: Msg) -> None:
+    """Ack and wait for the server to confirm it; past ``CONFIRM_ACK_TIMEOUT_S`` (a server this busy) the
+    ack is left to arrive on its own."""
+    try:
+        await msg.ack_sync(timeout=CONFIRM_ACK_TIMEOUT_S)
+    except Exception:
+        with contextlib.suppress(Exception):
+            await msg.ack()
 
 
 def _free(semaphore: asyncio.Semaphore) -> int:
