@@ -708,7 +708,9 @@ class BusWorker:
         times the replica's typical answer): what waits behind a slow webhook holds a place others need."""
         uid, limiter = state.uid, state.limiter
         assert limiter is not None
-        if not may_put_off or not limiter.locked():
+        # Whether it would wait, without Semaphore.locked(), which walks every waiter (hundreds when busy);
+        # a waiter cancelled and not yet removed only sends it the long way round.
+        if not may_put_off or (_free(limiter) > 0 and not limiter._waiters):
             await limiter.acquire()
         else:
             await self._wait_or_put_off(state, limiter.acquire)
